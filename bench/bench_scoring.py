@@ -1,0 +1,265 @@
+"""Scoring throughput on this machine: rewardserve vs a naive per-request server vs the bare engine.
+
+Workload: a random-weight Llama-architecture reward model (4 layers, hidden 256, head_dim 64),
+N requests with RLHF-like lognormal lengths (median ~200 tokens, up to 1024), one input per request
+over HTTP (how OpenRLHF calls `/get_reward`), C concurrent clients. Side by side in one run:
+
+  (a) rewardserve            `rewardserve serve` in its own process
+  (b) naive (serve_rm-like)  each request tokenized and forwarded on its own, as OpenRLHF's serve_rm does
+  (c) engine direct          rewardserve's engine on the whole workload, no server (its own process)
+
+Each server runs in its own process so its peak resident memory (VmHWM) is its own. Prints a table and
+writes JSON (bench/results/bench_scoring.json). Usage: python bench/bench_scoring.py [--requests N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def build_workload(model_dir: Path, n: int, seed: int) -> tuple[list[str], list[int]]:
+    from transformers import AutoTokenizer
+
+    from rewardserve.testing.tiny_models import lognormal_lengths, make_text
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    lengths = lognormal_lengths(n, median=200, sigma=0.7, lo=16, hi=1024, seed=seed)
+    rng = random.Random(seed)
+    texts = [make_text(tok, length, rng) for length in lengths]
+    tokens = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    return texts, tokens
+
+
+async def _load(url: str, texts: list[str], concurrency: int) -> dict[str, Any]:
+    """Send every text as its own /get_reward request with `concurrency` clients; time each."""
+    latencies: list[float] = []
+    rewards: list[float] = [0.0] * len(texts)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(len(texts)):
+        queue.put_nowait(i)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+
+        async def worker() -> None:
+            while not queue.empty():
+                i = queue.get_nowait()
+                t0 = time.perf_counter()
+                r = await client.post("/get_reward", json={"query": [texts[i]]})
+                r.raise_for_status()
+                latencies.append(time.perf_counter() - t0)
+                rewards[i] = r.json()["rewards"][0]
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    latencies.sort()
+    return {
+        "wall_s": wall,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        "rewards": rewards,
+    }
+
+
+def _start(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 300
+    port = None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"server exited: {cmd}")
+        if "HTTP on http://" in line:
+            port = int(line.rsplit(":", 1)[1])
+            break
+    assert port is not None
+    url = f"http://127.0.0.1:{port}"
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                # keep draining stdout so the server never blocks on a full pipe
+                threading.Thread(target=proc.stdout.read, daemon=True).start()
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("server not ready")
+
+
+def _serve_and_load(
+    name: str, cmd: list[str], env: dict[str, str], texts: list[str], conc: int
+) -> dict[str, Any]:
+    proc, url = _start(cmd, env)
+    try:
+        asyncio.run(_load(url, texts[: max(8, len(texts) // 16)], conc))  # warm-up pass, not timed
+        result = asyncio.run(_load(url, texts, conc))
+        result["peak_rss_mb"] = _peak_rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    result["name"] = name
+    return result
+
+
+def direct(model_dir: Path, texts_file: Path) -> None:
+    """(c): the engine on the whole workload in this process; prints one JSON line."""
+    from rewardserve.config import Settings
+    from rewardserve.scoring.engine import RewardEngine
+    from rewardserve.scoring.types import ScoreInput
+
+    texts = json.loads(texts_file.read_text())
+    settings = Settings(model=model_dir)
+    engine = RewardEngine.load(model_dir, settings)
+    engine.warmup()
+    t0 = time.perf_counter()
+    enc = [engine.encode(ScoreInput(text=t), truncate=True) for t in texts]
+    outs = engine.score_encoded(enc, settings.max_batch_tokens, settings.max_batch_rows)
+    wall = time.perf_counter() - t0
+    print(
+        json.dumps(
+            {
+                "name": "engine direct",
+                "wall_s": wall,
+                "rewards": [o.score for o in outs],
+                "peak_rss_mb": _peak_rss_mb(os.getpid()),
+                "strategy": engine.strategy,
+            }
+        )
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=512)
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--direct", nargs=2, metavar=("MODEL_DIR", "TEXTS_JSON"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.direct:
+        direct(Path(args.direct[0]), Path(args.direct[1]))
+        return
+
+    from rewardserve.testing.tiny_models import build_bench_reward_model
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = build_bench_reward_model(Path(tmp) / "bench-llama")
+        texts, tokens = build_workload(model_dir, args.requests, args.seed)
+        total_tokens = sum(tokens)
+        texts_file = Path(tmp) / "texts.json"
+        texts_file.write_text(json.dumps(texts))
+        rs_bin = str(Path(sys.executable).parent / "rewardserve")
+        runs = [
+            _serve_and_load(
+                "(a) rewardserve",
+                [rs_bin, "serve", "--model", str(model_dir), "--port", "0"],
+                env,
+                texts,
+                args.concurrency,
+            ),
+            _serve_and_load(
+                "(b) naive per-request",
+                [sys.executable, str(HERE / "naive_server.py"), str(model_dir)],
+                env,
+                texts,
+                args.concurrency,
+            ),
+        ]
+        out = subprocess.run(
+            [sys.executable, __file__, "--direct", str(model_dir), str(texts_file)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+
+    ref = runs[2]["rewards"]
+    rows = []
+    for r in runs:
+        diff = max(abs(a - b) for a, b in zip(r["rewards"], ref, strict=True))
+        rows.append(
+            {
+                "name": r["name"],
+                "tok_s": total_tokens / r["wall_s"],
+                "req_s": len(texts) / r["wall_s"],
+                "p50_ms": r.get("p50_ms"),
+                "p99_ms": r.get("p99_ms"),
+                "peak_rss_mb": r["peak_rss_mb"],
+                "max_abs_reward_diff_vs_c": diff,
+            }
+        )
+    a, b, c = rows
+    summary = {
+        "a_over_c": a["tok_s"] / c["tok_s"],
+        "a_over_b": a["tok_s"] / b["tok_s"],
+        "serving_rss_added_mb": a["peak_rss_mb"] - c["peak_rss_mb"],
+    }
+    report = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "workload": {
+            "requests": len(texts),
+            "concurrency": args.concurrency,
+            "total_tokens": total_tokens,
+            "median_tokens": statistics.median(tokens),
+            "max_tokens": max(tokens),
+        },
+        "rows": rows,
+        "summary": summary,
+        "command": "python bench/bench_scoring.py " + " ".join(sys.argv[1:]),
+    }
+    print(
+        f"\n{len(texts)} requests, {total_tokens} tokens (median {statistics.median(tokens):.0f}, "
+        f"max {max(tokens)}), {args.concurrency} concurrent clients, {os.cpu_count()} cores\n"
+    )
+    header = ("server", "tok/s", "req/s", "p50 ms", "p99 ms", "peak RSS MB")
+    print("| {:24} | {:>8} | {:>7} | {:>8} | {:>8} | {:>11} |".format(*header))
+    print(f"|{'-' * 26}|{'-' * 10}|{'-' * 9}|{'-' * 10}|{'-' * 10}|{'-' * 13}|")
+    for r in rows:
+        p50 = f"{r['p50_ms']:.0f}" if r["p50_ms"] is not None else "-"
+        p99 = f"{r['p99_ms']:.0f}" if r["p99_ms"] is not None else "-"
+        rss = r["peak_rss_mb"]
+        print(
+            f"| {r['name']:24} | {r['tok_s']:8.0f} | {r['req_s']:7.1f} | {p50:>8} | {p99:>8} | {rss:11.0f} |"
+        )
+    print(
+        f"\na/c = {summary['a_over_c']:.2f}  a/b = {summary['a_over_b']:.2f}  "
+        f"serving RSS added = {summary['serving_rss_added_mb']:.0f} MB"
+    )
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "bench_scoring.json").write_text(json.dumps(report, indent=2))
+    print(f"wrote {RESULTS / 'bench_scoring.json'}")
+
+
+if __name__ == "__main__":
+    main()

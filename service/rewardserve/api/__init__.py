@@ -1,0 +1,1 @@
+"""Transports: HTTP (FastAPI) and gRPC over the same services."""

@@ -1,0 +1,158 @@
+"""The process: build the services, run the servers in one event loop, drain on SIGTERM.
+
+Lifecycle: the HTTP server listens at once (liveness answers, readiness says "loading"), the model
+loads and warms up in a worker thread, then readiness flips. On SIGTERM/SIGINT: readiness goes 503
+and new work is refused, in-flight calls finish (bounded by drain_timeout_s), the servers stop, the
+batcher closes, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+
+from rewardserve.api.http import build_http_app
+from rewardserve.config import Settings
+from rewardserve.runtime import Runtime
+from rewardserve.scoring.engine import RewardEngine
+from rewardserve.scoring.service import ScoringService
+
+log = logging.getLogger("rewardserve")
+
+
+def resolve_model_path(settings: Settings) -> Path:
+    """The model directory to serve: --model, or the demo model (built offline on first use)."""
+    if settings.model is not None:
+        return settings.model
+    from rewardserve.demo.build import ensure_demo_model
+
+    return ensure_demo_model(settings.cache_dir, log=log.info)
+
+
+async def load_scoring(settings: Settings) -> ScoringService:
+    """Load, warm up and start the scoring service (blocking work runs in a thread)."""
+    path = await asyncio.to_thread(resolve_model_path, settings)
+    engine = await asyncio.to_thread(RewardEngine.load, path, settings)
+    if settings.warmup:
+        await asyncio.to_thread(engine.warmup)
+    service = ScoringService(engine, settings)
+    await service.start()
+    info = engine.info
+    log.info(
+        "model %r ready: %s on %s/%s, max %d tokens, %s batches",
+        info.name,
+        info.architecture,
+        info.device,
+        info.dtype,
+        info.max_input_tokens,
+        info.batch_strategy,
+    )
+    return service
+
+
+class _UvicornServer(uvicorn.Server):
+    """uvicorn without its own signal handling: ours drains first, and uvicorn's would re-raise
+    SIGTERM after shutdown, so the process would die by signal instead of exiting 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+class RewardServer:
+    """HTTP (and later gRPC) servers over one Runtime, in the caller's event loop."""
+
+    def __init__(self, settings: Settings, *, scoring: ScoringService | None = None) -> None:
+        self.settings = settings
+        self.runtime = Runtime(settings, scoring=scoring)
+        self._sock = _bind(settings.host, settings.port)
+        self.http_port: int = self._sock.getsockname()[1]
+        config = uvicorn.Config(
+            build_http_app(self.runtime),
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+            timeout_keep_alive=30,
+        )
+        self._http = _UvicornServer(config)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping: asyncio.Task[None] | None = None
+        self._stop_requested = asyncio.Event()
+        self.exit_code = 0
+
+    async def start(self) -> None:
+        """Start listening; load the model in the background unless one was given."""
+        self._tasks.append(asyncio.create_task(self._http.serve(sockets=[self._sock]), name="http"))
+        if self.runtime.scoring is None:
+            self._tasks.append(asyncio.create_task(self._load(), name="load"))
+        while not self._http.started:  # uvicorn exposes no event for this
+            if self._tasks[0].done():
+                await self._tasks[0]  # re-raise the startup failure
+                raise RuntimeError("HTTP server stopped during start-up")
+            await asyncio.sleep(0.01)
+
+    async def _load(self) -> None:
+        try:
+            self.runtime.scoring = await load_scoring(self.settings)
+        except Exception as exc:
+            self.runtime.load_error = str(exc)
+            log.error("model failed to load: %s", exc)
+            self.exit_code = 1
+            self.request_stop()
+
+    def request_stop(self) -> None:
+        """Begin a graceful drain (idempotent; safe from a signal handler)."""
+        if self._stopping is None:
+            self._stopping = asyncio.create_task(self._drain_and_stop(), name="drain")
+            self._stop_requested.set()
+
+    async def _drain_and_stop(self) -> None:
+        self.runtime.draining = True
+        scoring = self.runtime.scoring
+        timeout = self.settings.drain_timeout_s
+        if scoring is not None and not await scoring.wait_idle(timeout):
+            log.warning("drain timeout (%.0fs): %d calls still in flight", timeout, scoring.in_flight)
+        self._http.should_exit = True
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if scoring is not None:
+            await scoring.close(drain=True, timeout=timeout)
+
+    async def stop(self) -> None:
+        self.request_stop()
+        assert self._stopping is not None
+        await self._stopping
+
+    async def wait(self) -> int:
+        """Run until stopped; returns the process exit code."""
+        await self._stop_requested.wait()
+        assert self._stopping is not None
+        await self._stopping
+        return self.exit_code
+
+
+async def serve(settings: Settings) -> int:
+    """Run the service until SIGTERM/SIGINT; returns the exit code."""
+    server = RewardServer(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.request_stop)
+    await server.start()
+    log.info("HTTP on http://%s:%d", settings.host, server.http_port)
+    return await server.wait()

@@ -1,0 +1,104 @@
+"""One Settings object for the whole service.
+
+Every field has a default, a bound and a docstring that says the trade-off. Environment variables use
+the prefix ``REWARDSERVE_`` (nested fields with ``__``); the CLI sets the same fields. Nothing else in
+the package reads the environment: tests build ``Settings(...)`` directly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Device = Literal["auto", "cpu", "cuda"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+BatchStrategy = Literal["auto", "packed", "padded", "sequential"]
+
+
+def default_cache_dir() -> Path:
+    """Where built artefacts (the demo model) are cached: ~/.cache/rewardserve."""
+    return Path.home() / ".cache" / "rewardserve"
+
+
+class Settings(BaseSettings):
+    """Service settings; env prefix ``REWARDSERVE_``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="REWARDSERVE_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    # --- model -------------------------------------------------------------------------------
+    model: Path | None = None
+    """Reward model directory (a transformers AutoModelForSequenceClassification, safetensors).
+    Unset: the built-in demo model, built offline on first use and cached."""
+    model_name: str = Field(default="default", min_length=1, max_length=128)
+    """Name clients use in requests ("model" field). One served model per process today."""
+    device: Device = "auto"
+    """auto = cuda when available, else cpu."""
+    dtype: DType = "auto"
+    """auto = bfloat16 on CUDA (2x less memory, fast tensor cores), float32 on CPU (bf16 is slow and
+    lossy on most CPUs)."""
+    trust_remote_code: bool = False
+    """Run Python shipped with the model directory. Off: a model dir is data, not code."""
+    max_input_tokens: int | None = Field(default=None, ge=8, le=1_048_576)
+    """Longest accepted input. Unset: the model config's max_position_embeddings (capped at 32768)."""
+    truncation_side: Literal["left", "right"] = "left"
+    """Which end a `truncate: true` request loses. left keeps the response's ending, which is where a
+    reward model reads its score; right keeps the prompt's start (TEI's default)."""
+    batch_strategy: BatchStrategy = "auto"
+    """How a batch runs. packed = one padding-free forward (best on GPUs); padded = classic padded
+    batch (encoders, reference); sequential = one forward per sequence (fastest on CPUs, where
+    batching buys no parallelism but costs padding); auto = packed on CUDA for causal decoders,
+    sequential on CPU, padded for encoders on CUDA."""
+    score_activation: Literal["none", "sigmoid"] = "none"
+    """Applied to the head output. none returns the raw Bradley-Terry logit, which is what trainers
+    expect (a sigmoid squashes large margins together); sigmoid only for heads trained as classifiers."""
+    objective: str | None = None
+    """For multi-objective heads: the objective reported as `score`. Unset: the mean of all objectives
+    (every objective is reported in `details` either way)."""
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    """Where the demo model is built and cached."""
+    torch_threads: int | None = Field(default=None, ge=1, le=1024)
+    """torch intra-op threads for CPU inference. Unset: torch's default (all cores)."""
+
+    # --- batching ----------------------------------------------------------------------------
+    max_batch_tokens: int = Field(default=16_384, ge=16, le=10_000_000)
+    """Token budget of one batch (real tokens when packed, longest x rows when padded). Larger batches
+    use the GPU better but use more memory and make each request wait for bigger batches."""
+    max_batch_rows: int = Field(default=256, ge=1, le=65_536)
+    """Most sequences in one batch, whatever their length."""
+    max_queued_requests: int = Field(default=4096, ge=1, le=10_000_000)
+    """Admission bound: scoring calls waiting or running. Over it, 429 at once instead of queueing
+    without limit (a bounded queue keeps latency bounded under overload)."""
+    max_queued_tokens: int = Field(default=4_000_000, ge=16, le=1_000_000_000)
+    """Admission bound on tokens waiting. Over it, 429 at once."""
+    max_inputs_per_request: int = Field(default=4096, ge=1, le=1_000_000)
+    """Most inputs in one scoring call."""
+    request_timeout_s: float = Field(default=600.0, gt=0, le=86_400)
+    """Deadline for a scoring call when the client sets none; an item past it is dropped before
+    compute and the caller gets a timeout error, so no request waits forever."""
+
+    # --- transport ---------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    """HTTP (and gRPC) bind address. 127.0.0.1 keeps a dev server private; 0.0.0.0 in containers."""
+    port: int = Field(default=8000, ge=0, le=65_535)
+    """HTTP port; 0 picks a free one (tests)."""
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, le=2**31)
+    """Largest HTTP request body; larger gets 413 before it is parsed."""
+    drain_timeout_s: float = Field(default=30.0, ge=0, le=3600)
+    """On SIGTERM: how long in-flight work may take to finish before the process exits anyway."""
+    warmup: bool = True
+    """Run one forward pass before reporting ready, so the first real request is not the slow one."""
+
+    @model_validator(mode="after")
+    def _check_budget(self) -> Settings:
+        if self.max_input_tokens is not None and self.max_batch_tokens < self.max_input_tokens:
+            raise ValueError(
+                f"max_batch_tokens ({self.max_batch_tokens}) must be >= max_input_tokens "
+                f"({self.max_input_tokens}): the longest input must fit in one batch. Raise "
+                "--max-batch-tokens or set --max-input-tokens lower."
+            )
+        return self

@@ -1,0 +1,117 @@
+"""ScoringService: the one object both transports call to score inputs.
+
+It owns the engine, the batcher and the tokenizer thread. Order of work for a call: cheap admission
+check (no tokenizing for a request that will be refused) -> tokenize in the tokenizer thread ->
+batcher (token budget, deadlines) -> engine. Counting in-flight calls lets a drain wait for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from rewardserve.config import Settings
+from rewardserve.errors import InputError, ModelNotFound
+from rewardserve.scoring.batcher import Batcher, BatchStats
+from rewardserve.scoring.engine import Prepared, RewardEngine
+from rewardserve.scoring.types import Encoded, ModelInfo, ScoreInput, ScoreOutput
+
+
+class ScoringService:
+    """Scores inputs on one reward model through a token-budget batcher."""
+
+    def __init__(
+        self,
+        engine: RewardEngine,
+        settings: Settings,
+        *,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.name = engine.info.name
+        self.batcher: Batcher[Encoded, Prepared, ScoreOutput] = Batcher(
+            # Through the service, not engine.run bound now: the engine object is what callers (and
+            # tests) see and may wrap, and metrics hooks in here.
+            prepare=lambda items: self.engine.prepare(items),
+            run=lambda batch: self.engine.run(batch),
+            batch_cost=engine.batch_cost,
+            max_batch_tokens=max(settings.max_batch_tokens, engine.batch_cost([engine.max_input_tokens])),
+            max_batch_rows=settings.max_batch_rows,
+            max_queued_requests=settings.max_queued_requests,
+            max_queued_tokens=settings.max_queued_tokens,
+            on_batch=on_batch,
+            name=self.name,
+        )
+        # One thread: HF fast tokenizers raise "Already borrowed" when two threads use one at once.
+        self._tokenize = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rewardserve-tokenize")
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def start(self) -> None:
+        await self.batcher.start()
+
+    async def close(self, *, drain: bool = True, timeout: float | None = None) -> None:
+        await self.batcher.close(drain=drain, timeout=timeout)
+        self._tokenize.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no call is in flight (drain). True if idle before the timeout."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def models(self) -> list[ModelInfo]:
+        return [self.engine.info]
+
+    def check_model(self, model: str | None) -> None:
+        if model not in (None, "", self.name):
+            raise ModelNotFound(f"model {model!r} is not served here; available: [{self.name!r}]")
+
+    async def score(
+        self,
+        inputs: Sequence[ScoreInput],
+        *,
+        model: str | None = None,
+        truncate: bool = False,
+        timeout: float | None = None,
+    ) -> list[ScoreOutput]:
+        """Score inputs; results in input order. Raises InputError, Overloaded, DeadlineExceeded."""
+        self.check_model(model)
+        if len(inputs) > self.settings.max_inputs_per_request:
+            raise InputError(
+                f"{len(inputs)} inputs in one request; the limit is {self.settings.max_inputs_per_request}. "
+                "Split the request."
+            )
+        if not inputs:
+            return []
+        deadline = time.monotonic() + (timeout if timeout is not None else self.settings.request_timeout_s)
+        self.batcher.check_admission()
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            loop = asyncio.get_running_loop()
+            encoded = await loop.run_in_executor(self._tokenize, self._encode_all, list(inputs), truncate)
+            return await self.batcher.submit(encoded, [e.n_tokens for e in encoded], deadline=deadline)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    def _encode_all(self, inputs: list[ScoreInput], truncate: bool) -> list[Encoded]:
+        out = []
+        for i, inp in enumerate(inputs):
+            try:
+                out.append(self.engine.encode(inp, truncate=truncate))
+            except InputError as exc:
+                raise InputError(str(exc), index=i) from None
+        return out

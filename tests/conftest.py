@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny random-weight models built offline once per test session."""
+
+from __future__ import annotations
+
+import os
+
+# Tests never touch the network. Set before anything imports huggingface_hub or transformers, which
+# read these once at import time; the model builders are imported inside the fixtures for the same
+# reason (and so collecting tests that need no model stays fast).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+MULTI_LABELS: dict[int, str] = {0: "helpfulness", 1: "correctness", 2: "safety"}
+
+
+def _reward_model(
+    factory: pytest.TempPathFactory,
+    arch: Literal["llama", "qwen2", "qwen3", "mistral", "bert"],
+    *,
+    num_labels: int = 1,
+    id2label: dict[int, str] | None = None,
+) -> Path:
+    from rewardserve.testing.tiny_models import build_tiny_reward_model
+
+    out_dir = factory.mktemp(f"tiny_{arch}_{num_labels}")
+    return build_tiny_reward_model(out_dir, arch, num_labels=num_labels, id2label=id2label)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Llama reward model, 1 label, GQA (4 heads, 2 kv heads), bpe tokenizer with chat template."""
+    return _reward_model(tmp_path_factory, "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Qwen2 reward model; AutoTokenizer loads its tokenizer as Qwen2Tokenizer (same ids)."""
+    return _reward_model(tmp_path_factory, "qwen2")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Qwen3 reward model (q/k norms), GQA."""
+    return _reward_model(tmp_path_factory, "qwen3")
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Mistral reward model, no sliding window. Same seed as tiny_llama gives the same weights."""
+    return _reward_model(tmp_path_factory, "mistral")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """BERT reward model with a wordpiece tokenizer ([CLS] a [SEP] b [SEP]); no chat template."""
+    return _reward_model(tmp_path_factory, "bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_multi(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Llama reward model with 3 labels: helpfulness, correctness, safety."""
+    return _reward_model(tmp_path_factory, "llama", num_labels=3, id2label=MULTI_LABELS)
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """LlamaForCausalLM policy (head_dim 64, loadable by vLLM on CPU) with generation_config.json."""
+    from rewardserve.testing.tiny_models import build_tiny_causal_lm
+
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny_policy"))

@@ -1,0 +1,135 @@
+"""`rewardserve serve` as a user runs it: a subprocess, health polling, scoring, SIGTERM drain."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+BIN = Path(sys.executable).parent / "rewardserve"
+
+
+class Proc:
+    """A running server process whose stderr is collected in the background."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.p = subprocess.Popen(
+            [str(BIN), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        self.lines: list[str] = []
+        self._port: int | None = None
+        self._port_seen = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.p.stderr is not None
+        for line in self.p.stderr:
+            self.lines.append(line)
+            m = re.search(r"HTTP on http://[\d.]+:(\d+)", line)
+            if m:
+                self._port = int(m.group(1))
+                self._port_seen.set()
+
+    def port(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while not self._port_seen.wait(0.1):
+            if self.p.poll() is not None:
+                pytest.fail(f"server exited early ({self.p.returncode}):\n{self.log()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"server did not start in {timeout}s:\n{self.log()}")
+        assert self._port is not None
+        return self._port
+
+    def wait_ready(self, url: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.p.poll() is not None:
+                pytest.fail(f"server exited ({self.p.returncode}):\n{self.log()}")
+            try:
+                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        pytest.fail(f"not ready in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return "".join(self.lines[-60:])
+
+    def close(self) -> None:
+        if self.p.poll() is None:
+            self.p.terminate()
+            try:
+                self.p.wait(20)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    e = dict(os.environ)
+    e.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", REWARDSERVE_CACHE_DIR=str(tmp_path / "cache"))
+    return e
+
+
+@pytest.fixture
+def served(tiny_llama: Path, env: dict[str, str]) -> Iterator[tuple[Proc, str]]:
+    env["REWARDSERVE_MAX_INPUT_TOKENS"] = "128"  # set through the environment, not a flag
+    proc = Proc(["serve", "--model", str(tiny_llama), "--port", "0"], env)
+    try:
+        url = f"http://127.0.0.1:{proc.port(60)}"
+        proc.wait_ready(url, 60)
+        yield proc, url
+    finally:
+        proc.close()
+
+
+def test_serve_score_and_sigterm_drains(served: tuple[Proc, str]) -> None:
+    proc, url = served
+    models = httpx.get(f"{url}/v1/models").json()["data"]
+    assert models[0]["max_input_tokens"] == 128  # REWARDSERVE_MAX_INPUT_TOKENS reached the Settings
+    r = httpx.post(f"{url}/v1/score", json={"inputs": [{"prompt": "hi", "response": "hello"}]})
+    assert r.status_code == 200 and len(r.json()["scores"]) == 1
+
+    # Many requests in flight, then SIGTERM: every one already accepted completes, the process exits 0.
+    body = {"inputs": [{"text": "word " * 40}] * 8}
+    with ThreadPoolExecutor(16) as pool, httpx.Client(timeout=60) as c:
+        futures = [pool.submit(c.post, f"{url}/v1/score", json=body) for _ in range(32)]
+        deadline = time.monotonic() + 10
+        while not any(f.running() for f in futures) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)
+        proc.p.send_signal(signal.SIGTERM)
+        codes = []
+        for f in futures:
+            try:
+                codes.append(f.result().status_code)
+            except httpx.TransportError:
+                codes.append(-1)  # sent after the listener closed: refused, never half-answered
+    assert proc.p.wait(60) == 0, proc.log()
+    assert all(c in (200, 503, -1) for c in codes), codes
+    assert codes.count(200) >= 1, codes
+
+
+def test_bad_model_path_fails_fast(env: dict[str, str], tmp_path: Path) -> None:
+    p = subprocess.run(
+        [str(BIN), "serve", "--model", str(tmp_path / "missing")], env=env, capture_output=True, text=True
+    )
+    assert p.returncode == 2 and "not a directory" in p.stderr
+
+
+def test_invalid_setting_is_explained(env: dict[str, str]) -> None:
+    env["REWARDSERVE_MAX_BATCH_TOKENS"] = "-5"
+    p = subprocess.run([str(BIN), "serve"], env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "max_batch_tokens" in p.stderr
