@@ -20,6 +20,7 @@ import uvicorn
 
 from rewardserve.api.http import build_http_app
 from rewardserve.config import Settings
+from rewardserve.metrics import Metrics
 from rewardserve.runtime import Runtime
 from rewardserve.scoring.engine import RewardEngine
 from rewardserve.scoring.service import ScoringService
@@ -36,13 +37,13 @@ def resolve_model_path(settings: Settings) -> Path:
     return ensure_demo_model(settings.cache_dir, log=log.info)
 
 
-async def load_scoring(settings: Settings) -> ScoringService:
+async def load_scoring(settings: Settings, metrics: Metrics | None = None) -> ScoringService:
     """Load, warm up and start the scoring service (blocking work runs in a thread)."""
     path = await asyncio.to_thread(resolve_model_path, settings)
     engine = await asyncio.to_thread(RewardEngine.load, path, settings)
     if settings.warmup:
         await asyncio.to_thread(engine.warmup)
-    service = ScoringService(engine, settings)
+    service = ScoringService(engine, settings, metrics=metrics)
     await service.start()
     info = engine.info
     log.info(
@@ -81,6 +82,8 @@ class RewardServer:
     def __init__(self, settings: Settings, *, scoring: ScoringService | None = None) -> None:
         self.settings = settings
         self.runtime = Runtime(settings, scoring=scoring)
+        if scoring is not None:  # built by the caller: export its metrics from this server
+            self.runtime.metrics = scoring.metrics
         self._sock = _bind(settings.host, settings.port)
         self.http_port: int = self._sock.getsockname()[1]
         config = uvicorn.Config(
@@ -110,7 +113,7 @@ class RewardServer:
 
     async def _load(self) -> None:
         try:
-            self.runtime.scoring = await load_scoring(self.settings)
+            self.runtime.scoring = await load_scoring(self.settings, self.runtime.metrics)
         except Exception as exc:
             self.runtime.load_error = str(exc)
             log.error("model failed to load: %s", exc)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rewardserve.config import Settings
 from rewardserve.errors import NotReady
+from rewardserve.metrics import Metrics
 from rewardserve.scoring.service import ScoringService
 
 
@@ -17,6 +18,7 @@ class Runtime:
     scoring: ScoringService | None = None
     draining: bool = False
     load_error: str | None = None
+    metrics: Metrics = field(default_factory=Metrics)
 
     @property
     def ready(self) -> bool:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from rewardserve.api.errors import classify
 from rewardserve.api.schemas import (
@@ -20,6 +22,7 @@ from rewardserve.api.schemas import (
     ScoreResponse,
 )
 from rewardserve.errors import InputError
+from rewardserve.metrics import Metrics
 from rewardserve.runtime import Runtime
 from rewardserve.scoring.types import ScoreInput
 
@@ -89,6 +92,50 @@ class BodyLimit:
         await JSONResponse(body, status_code=413)(scope, receive, send)
 
 
+# What each refused status means, for rewardserve_rejected_total{reason}.
+_REJECTED = {
+    401: "auth",
+    413: "too_large",
+    422: "validation",
+    429: "overloaded",
+    503: "unavailable",
+    504: "timeout",
+}
+
+
+class RequestMetrics:
+    """ASGI middleware: count and time every request by endpoint (the route template, so ids in
+    paths never become label values) and status code; count refusals by reason."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        t0 = time.perf_counter()
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            m = self.metrics
+            m.requests.labels("http", endpoint, str(status)).inc()
+            m.request_duration.labels("http", endpoint).observe(time.perf_counter() - t0)
+            if status in _REJECTED:
+                m.rejected.labels(_REJECTED[status]).inc()
+
+
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
@@ -109,6 +156,10 @@ def build_http_app(runtime: Runtime) -> FastAPI:
     @app.exception_handler(Exception)
     async def _on_error(_: Request, exc: Exception) -> JSONResponse:
         return error_response(exc)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health/live")
     async def live() -> dict[str, str]:
@@ -148,4 +199,6 @@ def build_http_app(runtime: Runtime) -> FastAPI:
         return GetRewardResponse(rewards=rewards, scores=rewards, extra_logs=logs)
 
     app.add_middleware(BodyLimit, max_bytes=runtime.settings.max_body_bytes)
+    # Outermost, so a 413 from BodyLimit is counted too.
+    app.add_middleware(RequestMetrics, metrics=runtime.metrics)
     return app

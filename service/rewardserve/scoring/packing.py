@@ -127,13 +127,13 @@ def packed_cost(lengths: Sequence[int]) -> int:
     return sum(lengths)
 
 
-def _varlen_kernel() -> Callable[..., torch.Tensor] | None:
+def _varlen_kernel() -> Callable[..., Any] | None:
     """torch's FlashAttention varlen entry point, if this torch has one."""
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         return None
-    return varlen_attn  # type: ignore[no-any-return]
+    return varlen_attn
 
 
 _VARLEN = _varlen_kernel()

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from rewardserve.config import Settings
 from rewardserve.errors import InputError, ModelNotFound
+from rewardserve.metrics import Metrics
 from rewardserve.scoring.batcher import Batcher, BatchStats
 from rewardserve.scoring.engine import Prepared, RewardEngine
 from rewardserve.scoring.types import Encoded, ModelInfo, ScoreInput, ScoreOutput
@@ -27,9 +28,10 @@ class ScoringService:
         engine: RewardEngine,
         settings: Settings,
         *,
-        on_batch: Callable[[BatchStats], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.engine = engine
+        self.metrics = metrics or Metrics()
         self.settings = settings
         self.name = engine.info.name
         self.batcher: Batcher[Encoded, Prepared, ScoreOutput] = Batcher(
@@ -42,7 +44,7 @@ class ScoringService:
             max_batch_rows=settings.max_batch_rows,
             max_queued_requests=settings.max_queued_requests,
             max_queued_tokens=settings.max_queued_tokens,
-            on_batch=on_batch,
+            on_batch=self._on_batch,
             name=self.name,
         )
         # One thread: HF fast tokenizers raise "Already borrowed" when two threads use one at once.
@@ -50,6 +52,12 @@ class ScoringService:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        info = engine.info
+        self.metrics.model_info.labels(
+            info.name, info.architecture, info.dtype, info.device, info.head, info.batch_strategy
+        ).set(1)
+        batcher = self.batcher
+        self.metrics.queue_probes[self.name] = lambda: (batcher.queued_requests, batcher.queued_tokens)
 
     async def start(self) -> None:
         await self.batcher.start()
@@ -100,12 +108,32 @@ class ScoringService:
         self._idle.clear()
         try:
             loop = asyncio.get_running_loop()
+            t0 = time.perf_counter()
             encoded = await loop.run_in_executor(self._tokenize, self._encode_all, list(inputs), truncate)
-            return await self.batcher.submit(encoded, [e.n_tokens for e in encoded], deadline=deadline)
+            self.metrics.tokenize_duration.labels(self.name).observe(time.perf_counter() - t0)
+            outputs = await self.batcher.submit(encoded, [e.n_tokens for e in encoded], deadline=deadline)
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
+        self._observe(inputs, outputs)
+        return outputs
+
+    def _on_batch(self, stats: BatchStats) -> None:
+        m, name = self.metrics, self.name
+        m.inference_duration.labels(name).observe(stats.run_seconds)
+        m.batch_size.labels(name).observe(stats.rows)
+        m.batch_tokens.labels(name).observe(stats.tokens)
+        m.batch_padding_ratio.labels(name).observe(1 - stats.tokens / stats.cost if stats.cost else 0.0)
+        queue = m.queue_duration.labels(name)
+        for seconds in stats.queue_seconds:
+            queue.observe(seconds)
+
+    def _observe(self, inputs: Sequence[ScoreInput], outputs: list[ScoreOutput]) -> None:
+        self.metrics.tokens_scored.labels(self.name).inc(sum(o.tokens for o in outputs))
+        self.metrics.inputs_scored.labels(self.name).inc(len(outputs))
+        lengths = [float(len(_response_text(i))) for i in inputs]
+        self.metrics.observe_rewards(self.name, [o.score for o in outputs], lengths)
 
     def _encode_all(self, inputs: list[ScoreInput], truncate: bool) -> list[Encoded]:
         out = []
@@ -115,3 +143,12 @@ class ScoringService:
             except InputError as exc:
                 raise InputError(str(exc), index=i) from None
         return out
+
+
+def _response_text(inp: ScoreInput) -> str:
+    """The part of an input whose length a reward may wrongly learn to track."""
+    if inp.response is not None:
+        return inp.response
+    if inp.messages:
+        return inp.messages[-1].content
+    return inp.text or ""
