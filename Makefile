@@ -6,9 +6,9 @@ STAMP := $(VENV)/.installed
 # Everything CI installs is pinned here, so runs are reproducible.
 CONSTRAINTS := constraints.txt
 # Extras for the full dev/test environment (CPU machine). GPU hosts: `pip install -e '.[generator]'`.
-EXTRAS := test,bulk,ray,generator-cpu
+EXTRAS := server,test,bulk,ray,generator-cpu
 
-.PHONY: install serve test check bench bench-gpu proto clean
+.PHONY: install system-deps serve test check bench bench-gpu proto clean
 
 install: $(STAMP)
 
@@ -25,13 +25,30 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 serve: install
 	$(BIN)/rewardserve serve
 
-test: install
+# System packages the tests need: Prometheus (Debian package `prometheus`: prometheus + promtool), which
+# tests/e2e/test_prometheus.py runs for real. Installed with apt-get when we are root on a Debian-like
+# machine (CI); otherwise this says how, and that test fails with the same advice.
+system-deps:
+	@if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing prometheus (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
+	else \
+		echo "prometheus/promtool not found: install them (Debian/Ubuntu: sudo apt-get install --no-install-recommends prometheus), or tests/e2e/test_prometheus.py and the promtool check will fail"; \
+	fi
+
+test: install system-deps
 	$(BIN)/python -m pytest -q
 
 check: install
-	$(BIN)/ruff format --check service tests bench
-	$(BIN)/ruff check service tests bench
+	$(BIN)/ruff format --check service tests bench deploy
+	$(BIN)/ruff check service tests bench deploy
 	$(BIN)/mypy service/rewardserve
+
+# Regenerate service/rewardserve/_proto from protos/ (grpcio-tools; the output is checked in and
+# tests/unit/test_proto.py fails when it no longer matches).
+proto: install
+	$(BIN)/python protos/generate.py
 
 bench: install
 	$(BIN)/python bench/bench_scoring.py

@@ -7,6 +7,9 @@ over HTTP (how OpenRLHF calls `/get_reward`), C concurrent clients. Side by side
   (a) rewardserve            `rewardserve serve` in its own process
   (b) naive (serve_rm-like)  each request tokenized and forwarded on its own, as OpenRLHF's serve_rm does
   (c) engine direct          rewardserve's engine on the whole workload, no server (its own process)
+  (d) rewardserve gRPC       the same requests as unary RewardService/Score calls, C concurrent clients
+  (e) rewardserve gRPC stream  the same requests as messages of ONE ScoreStream (one input each), sent
+                             as fast as the stream takes them; latency = message sent -> its answer
 
 Each server runs in its own process so its peak resident memory (VmHWM) is its own. Prints a table and
 writes JSON (bench/results/bench_scoring.json). Usage: python bench/bench_scoring.py [--requests N]
@@ -127,6 +130,119 @@ def _serve_and_load(
     return result
 
 
+def _start_with_grpc(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], str, str]:
+    """Start `rewardserve serve ... --grpc-port 0`; returns (process, HTTP url, gRPC target) once ready."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 300
+    ports: dict[str, int] = {}
+    while len(ports) < 2 and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"server exited: {cmd}")
+        for kind, marker in (("http", "HTTP on http://"), ("grpc", "gRPC on ")):
+            if marker in line:
+                ports[kind] = int(line.rsplit(":", 1)[1])
+    url, target = f"http://127.0.0.1:{ports['http']}", f"127.0.0.1:{ports['grpc']}"
+    threading.Thread(target=proc.stdout.read, daemon=True).start()  # never block on a full pipe
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                return proc, url, target
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("server not ready")
+
+
+def _summarize(latencies: list[float], wall: float, rewards: list[float]) -> dict[str, Any]:
+    latencies.sort()
+    return {
+        "wall_s": wall,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        "rewards": rewards,
+    }
+
+
+async def _load_grpc_unary(target: str, texts: list[str], concurrency: int) -> dict[str, Any]:
+    """(d): every text as its own unary Score call, `concurrency` clients on one channel (HTTP/2)."""
+    import grpc.aio
+
+    from rewardserve._proto.rewardserve.v1 import reward_pb2 as pb
+    from rewardserve._proto.rewardserve.v1 import reward_pb2_grpc as pb_grpc
+
+    latencies: list[float] = []
+    rewards = [0.0] * len(texts)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(len(texts)):
+        queue.put_nowait(i)
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.RewardServiceStub(channel)
+
+        async def worker() -> None:
+            while not queue.empty():
+                i = queue.get_nowait()
+                t0 = time.perf_counter()
+                reply = await stub.Score(pb.ScoreRequest(inputs=[pb.Input(text=texts[i])]), timeout=600)
+                latencies.append(time.perf_counter() - t0)
+                rewards[i] = reply.scores[0]
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    return _summarize(latencies, wall, rewards)
+
+
+async def _load_grpc_stream(target: str, texts: list[str]) -> dict[str, Any]:
+    """(e): one ScoreStream, one input per message, answers matched by id."""
+    import grpc.aio
+
+    from rewardserve._proto.rewardserve.v1 import reward_pb2 as pb
+    from rewardserve._proto.rewardserve.v1 import reward_pb2_grpc as pb_grpc
+
+    sent: dict[str, float] = {}
+    latencies: list[float] = []
+    rewards = [0.0] * len(texts)
+
+    async def messages() -> Any:
+        for i, text in enumerate(texts):
+            sent[str(i)] = time.perf_counter()
+            yield pb.ScoreStreamRequest(id=str(i), inputs=[pb.Input(text=text)])
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.RewardServiceStub(channel)
+        t0 = time.perf_counter()
+        async for answer in stub.ScoreStream(messages(), timeout=600):
+            if answer.HasField("error"):
+                raise RuntimeError(f"message {answer.id}: {answer.error.message}")
+            latencies.append(time.perf_counter() - sent[answer.id])
+            rewards[int(answer.id)] = answer.response.scores[0]
+        wall = time.perf_counter() - t0
+    return _summarize(latencies, wall, rewards)
+
+
+def _serve_and_load_grpc(
+    name: str, cmd: list[str], env: dict[str, str], texts: list[str], conc: int, streaming: bool
+) -> dict[str, Any]:
+    proc, _, target = _start_with_grpc(cmd, env)
+
+    def load(some: list[str]) -> dict[str, Any]:
+        if streaming:
+            return asyncio.run(_load_grpc_stream(target, some))
+        return asyncio.run(_load_grpc_unary(target, some, conc))
+
+    try:
+        load(texts[: max(8, len(texts) // 16)])  # warm-up pass, not timed
+        result = load(texts)
+        result["peak_rss_mb"] = _peak_rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    result["name"] = name
+    return result
+
+
 def direct(model_dir: Path, texts_file: Path) -> None:
     """(c): the engine on the whole workload in this process; prints one JSON line."""
     from rewardserve.config import Settings
@@ -178,7 +294,8 @@ def main() -> None:
         runs = [
             _serve_and_load(
                 "(a) rewardserve",
-                [rs_bin, "serve", "--model", str(model_dir), "--port", "0"],
+                # gRPC on any free port: the default 50051 may be taken on a shared machine.
+                [rs_bin, "serve", "--model", str(model_dir), "--port", "0", "--grpc-port", "0"],
                 env,
                 texts,
                 args.concurrency,
@@ -199,6 +316,9 @@ def main() -> None:
             check=True,
         )
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        grpc_cmd = [rs_bin, "serve", "--model", str(model_dir), "--port", "0", "--grpc-port", "0"]
+        for name, streaming in (("(d) rewardserve gRPC", False), ("(e) rewardserve gRPC stream", True)):
+            runs.append(_serve_and_load_grpc(name, grpc_cmd, env, texts, args.concurrency, streaming))
 
     ref = runs[2]["rewards"]
     rows = []
@@ -215,11 +335,14 @@ def main() -> None:
                 "max_abs_reward_diff_vs_c": diff,
             }
         )
-    a, b, c = rows
+    a, b, c = rows[:3]
     summary = {
         "a_over_c": a["tok_s"] / c["tok_s"],
         "a_over_b": a["tok_s"] / b["tok_s"],
         "serving_rss_added_mb": a["peak_rss_mb"] - c["peak_rss_mb"],
+        # gRPC unary and streaming throughput relative to HTTP, same workload (rows d, e over a).
+        "d_over_a": rows[3]["tok_s"] / a["tok_s"],
+        "e_over_a": rows[4]["tok_s"] / a["tok_s"],
     }
     report = {
         "machine": {
@@ -254,7 +377,8 @@ def main() -> None:
         )
     print(
         f"\na/c = {summary['a_over_c']:.2f}  a/b = {summary['a_over_b']:.2f}  "
-        f"serving RSS added = {summary['serving_rss_added_mb']:.0f} MB"
+        f"serving RSS added = {summary['serving_rss_added_mb']:.0f} MB  "
+        f"gRPC/HTTP: unary d/a = {summary['d_over_a']:.2f}, stream e/a = {summary['e_over_a']:.2f}"
     )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "bench_scoring.json").write_text(json.dumps(report, indent=2))

@@ -9,6 +9,9 @@ import os
 # reason (and so collecting tests that need no model stays fast).
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# Every server a test starts (in-process or `rewardserve serve` subprocesses, which inherit this)
+# also serves gRPC; its default port 50051 would collide between tests and between test runs.
+os.environ.setdefault("REWARDSERVE_GRPC_PORT", "0")
 
 from pathlib import Path
 from typing import Literal

@@ -15,15 +15,20 @@ import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 
+from rewardserve.api.grpc import GrpcServer
 from rewardserve.api.http import build_http_app
 from rewardserve.config import Settings
 from rewardserve.metrics import Metrics
 from rewardserve.runtime import Runtime
 from rewardserve.scoring.engine import RewardEngine
 from rewardserve.scoring.service import ScoringService
+
+if TYPE_CHECKING:  # imported only with --generator: a scoring-only server never loads vllm
+    from rewardserve.generation.service import GenerationService
 
 log = logging.getLogger("rewardserve")
 
@@ -77,11 +82,17 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 class RewardServer:
-    """HTTP (and later gRPC) servers over one Runtime, in the caller's event loop."""
+    """HTTP and gRPC servers over one Runtime, in the caller's event loop."""
 
-    def __init__(self, settings: Settings, *, scoring: ScoringService | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        scoring: ScoringService | None = None,
+        generation: GenerationService | None = None,
+    ) -> None:
         self.settings = settings
-        self.runtime = Runtime(settings, scoring=scoring)
+        self.runtime = Runtime(settings, scoring=scoring, generation=generation)
         if scoring is not None:  # built by the caller: export its metrics from this server
             self.runtime.metrics = scoring.metrics
         self._sock = _bind(settings.host, settings.port)
@@ -95,6 +106,8 @@ class RewardServer:
             timeout_keep_alive=30,
         )
         self._http = _UvicornServer(config)
+        self._grpc = GrpcServer(self.runtime)
+        self.grpc_port = 0  # known once start() has bound it
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping: asyncio.Task[None] | None = None
         self._stop_requested = asyncio.Event()
@@ -102,18 +115,36 @@ class RewardServer:
 
     async def start(self) -> None:
         """Start listening; load the model in the background unless one was given."""
+        # gRPC first: a taken port fails here, before anything else runs.
+        try:
+            self.grpc_port = await self._grpc.start()
+        except OSError:
+            self._sock.close()
+            raise
         self._tasks.append(asyncio.create_task(self._http.serve(sockets=[self._sock]), name="http"))
-        if self.runtime.scoring is None:
+        if self.runtime.scoring is None or self._generator_missing():
             self._tasks.append(asyncio.create_task(self._load(), name="load"))
+        elif self.runtime.ready:
+            await self._grpc.set_serving()
         while not self._http.started:  # uvicorn exposes no event for this
             if self._tasks[0].done():
                 await self._tasks[0]  # re-raise the startup failure
                 raise RuntimeError("HTTP server stopped during start-up")
             await asyncio.sleep(0.01)
 
+    def _generator_missing(self) -> bool:
+        return self.settings.generator is not None and self.runtime.generation is None
+
     async def _load(self) -> None:
         try:
-            self.runtime.scoring = await load_scoring(self.settings, self.runtime.metrics)
+            if self.runtime.scoring is None:
+                self.runtime.scoring = await load_scoring(self.settings, self.runtime.metrics)
+            if self._generator_missing() and not self.runtime.draining:
+                from rewardserve.generation.service import start_generation
+
+                self.runtime.generation = await start_generation(self.settings)
+            if self.runtime.ready:
+                await self._grpc.set_serving()  # gRPC health; HTTP readiness reads the runtime
         except Exception as exc:
             self.runtime.load_error = str(exc)
             log.error("model failed to load: %s", exc)
@@ -128,14 +159,25 @@ class RewardServer:
 
     async def _drain_and_stop(self) -> None:
         self.runtime.draining = True
+        await self._grpc.begin_drain()  # health NOT_SERVING; new gRPC work gets UNAVAILABLE
         scoring = self.runtime.scoring
         timeout = self.settings.drain_timeout_s
         if scoring is not None and not await scoring.wait_idle(timeout):
             log.warning("drain timeout (%.0fs): %d calls still in flight", timeout, scoring.in_flight)
+        generation = self.runtime.generation
+        if generation is not None and not await generation.wait_idle(timeout):
+            log.warning("drain timeout (%.0fs): %d generations in flight", timeout, generation.in_flight)
         self._http.should_exit = True
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Scoring work is drained by now: the grace covers writing the last answers and streams
+        # ending themselves (a health Watch never ends on its own; it is cut after the grace).
+        grpc_stop = asyncio.create_task(self._grpc.stop(grace=min(2.0, timeout)), name="grpc-stop")
+        await asyncio.gather(*self._tasks, grpc_stop, return_exceptions=True)
         if scoring is not None:
             await scoring.close(drain=True, timeout=timeout)
+        # Read again: a load still running when the drain began has finished by now (gather above),
+        # and an engine it started must be stopped too, or its processes outlive us.
+        if self.runtime.generation is not None:
+            await self.runtime.generation.close()
 
     async def stop(self) -> None:
         self.request_stop()
@@ -156,6 +198,11 @@ async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.request_stop)
-    await server.start()
+    try:
+        await server.start()
+    except OSError as exc:  # a port that cannot be bound: say which, without a traceback
+        log.error("%s", exc)
+        return 1
     log.info("HTTP on http://%s:%d", settings.host, server.http_port)
+    log.info("gRPC on %s:%d", settings.host, server.grpc_port)
     return await server.wait()

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from rewardserve.bulk.command import score_logs
 from rewardserve.config import Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Reward-model serving for RLHF.")
@@ -36,6 +37,9 @@ def _logging(level: str) -> None:
     )
 
 
+_GEN = "Policy generation (vLLM)"
+
+
 @app.command()
 def serve(
     model: Annotated[
@@ -49,10 +53,36 @@ def serve(
     batch_strategy: Annotated[str | None, typer.Option(help="auto | packed | padded | sequential")] = None,
     host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port (default 8000; 0 = any free port).")] = None,
+    grpc_port: Annotated[
+        int | None, typer.Option(help="gRPC port (default 50051; 0 = any free port).")
+    ] = None,
     trust_remote_code: Annotated[bool | None, typer.Option(help="Run code shipped with the model.")] = None,
+    generator: Annotated[
+        Path | None,
+        typer.Option(help="Policy model dir for /v1/generate, /v1/rollout (vLLM).", rich_help_panel=_GEN),
+    ] = None,
+    generator_name: Annotated[
+        str | None, typer.Option(help="Policy name (default policy).", rich_help_panel=_GEN)
+    ] = None,
+    generator_dtype: Annotated[
+        str | None, typer.Option(help="auto | float32 | bfloat16 | float16", rich_help_panel=_GEN)
+    ] = None,
+    generator_max_model_len: Annotated[
+        int | None, typer.Option(help="Longest prompt+completion.", rich_help_panel=_GEN)
+    ] = None,
+    generator_gpu_memory_fraction: Annotated[
+        float | None, typer.Option(help="Share of the GPU for vLLM (default 0.5).", rich_help_panel=_GEN)
+    ] = None,
+    generator_kv_cache_bytes: Annotated[
+        int | None, typer.Option(help="Fixed KV cache size (CPU default 256 MiB).", rich_help_panel=_GEN)
+    ] = None,
+    generator_tensor_parallel_size: Annotated[
+        int | None, typer.Option(help="GPUs to shard over.", rich_help_panel=_GEN)
+    ] = None,
+    generator_seed: Annotated[int | None, typer.Option(help="Engine seed.", rich_help_panel=_GEN)] = None,
     log_level: Annotated[str, typer.Option(help="debug | info | warning")] = "info",
 ) -> None:
-    """Serve a reward model over HTTP."""
+    """Serve a reward model over HTTP (and a vLLM policy with --generator)."""
     _logging(log_level)
     settings = _settings(
         model=model,
@@ -64,10 +94,22 @@ def serve(
         batch_strategy=batch_strategy,
         host=host,
         port=port,
+        grpc_port=grpc_port,
         trust_remote_code=trust_remote_code,
+        generator=generator,
+        generator_name=generator_name,
+        generator_dtype=generator_dtype,
+        generator_max_model_len=generator_max_model_len,
+        generator_gpu_memory_fraction=generator_gpu_memory_fraction,
+        generator_kv_cache_bytes=generator_kv_cache_bytes,
+        generator_tensor_parallel_size=generator_tensor_parallel_size,
+        generator_seed=generator_seed,
     )
     if settings.model is not None and not settings.model.is_dir():
         typer.echo(f"error: --model {settings.model} is not a directory", err=True)
+        raise typer.Exit(2)
+    if settings.generator is not None and not settings.generator.is_dir():
+        typer.echo(f"error: --generator {settings.generator} is not a directory", err=True)
         raise typer.Exit(2)
     from rewardserve.app import serve as run_server
 
@@ -87,6 +129,10 @@ def demo(
         typer.echo(str(out))
     else:
         typer.echo(str(ensure_demo_model(_settings().cache_dir)))
+
+
+# Implemented in rewardserve.bulk; registered here so every command lives under one `rewardserve`.
+app.command("score-logs")(score_logs)
 
 
 def main() -> None:

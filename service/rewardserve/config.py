@@ -88,10 +88,48 @@ class Settings(BaseSettings):
     """HTTP port; 0 picks a free one (tests)."""
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, le=2**31)
     """Largest HTTP request body; larger gets 413 before it is parsed."""
+    grpc_port: int = Field(default=50051, ge=0, le=65_535)
+    """gRPC port (native API, KServe V2, health, reflection), on the same host and in the same process
+    and event loop as HTTP; 0 picks a free one (tests)."""
+    grpc_max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, le=2**31 - 1)
+    """Largest gRPC message either way (gRPC's own default is 4 MiB, too small for big batches of long
+    inputs). A larger request fails with RESOURCE_EXHAUSTED before it is parsed; each in-flight call
+    may hold this much memory."""
     drain_timeout_s: float = Field(default=30.0, ge=0, le=3600)
     """On SIGTERM: how long in-flight work may take to finish before the process exits anyway."""
     warmup: bool = True
     """Run one forward pass before reporting ready, so the first real request is not the slow one."""
+
+    # --- policy generation (vLLM; docs/generation.md) ----------------------------------------
+    generator: Path | None = None
+    """Policy model directory (a causal LM vLLM can load) served by /v1/generate and /v1/rollout.
+    Unset: scoring only, and vllm is never imported."""
+    generator_name: str = Field(default="policy", min_length=1, max_length=128)
+    """Name of the policy in /v1/models and in requests' optional "generator" field."""
+    generator_dtype: DType = "auto"
+    """vLLM dtype. auto = vLLM's rule: the checkpoint's dtype, except that float32 checkpoints run in
+    half precision on GPUs. Sampling logprobs are only as exact as this dtype."""
+    generator_max_model_len: int | None = Field(default=None, ge=16, le=1_048_576)
+    """Longest prompt + completion. Unset: the model config's. Lower it to fit more sequences in the
+    KV cache."""
+    generator_gpu_memory_fraction: float = Field(default=0.5, gt=0.0, le=0.95)
+    """Share of the GPU vLLM may take (weights + KV cache). Below vLLM's 0.9 so that the reward model
+    and its batches fit on the same card; raise it when the reward model lives elsewhere."""
+    generator_kv_cache_bytes: int | None = Field(default=None, ge=2**20, le=2**40)
+    """Fixed KV-cache size in bytes; overrides the memory fraction. Unset: 256 MiB on CPU (vLLM-CPU
+    refuses to start with its default memory settings on small machines), the fraction on GPUs."""
+    generator_tensor_parallel_size: int = Field(default=1, ge=1, le=64)
+    """GPUs the policy is sharded over (vLLM tensor parallelism)."""
+    generator_seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    """Engine seed: sampling without a per-request seed is reproducible from engine start."""
+    generator_enforce_eager: bool | None = None
+    """Skip CUDA-graph capture / torch.compile. Unset: eager on CPU (compiling costs minutes there),
+    graphs on GPUs (faster decoding, slower start)."""
+    generator_max_samples_per_request: int = Field(default=4096, ge=1, le=1_000_000)
+    """Most samples (prompts x n) in one generate or rollout call; more gets 422."""
+    generator_reload_timeout_s: float = Field(default=120.0, gt=0, le=86_400)
+    """How long a weight reload waits for in-flight generation to finish before giving up (503, the old
+    weights stay). New generation waits behind the reload meanwhile."""
 
     @model_validator(mode="after")
     def _check_budget(self) -> Settings:

@@ -9,6 +9,7 @@ collector instead of being kept in sync by hand.
 from __future__ import annotations
 
 import math
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -93,24 +94,51 @@ class _LiveState(Collector):
         yield depth
         yield tokens
         yield corr
-        gpu = _gpu_memory()
-        if gpu is not None:
-            g = GaugeMetricFamily(
-                "rewardserve_gpu_memory_allocated_bytes", "CUDA memory held by tensors.", labels=["device"]
-            )
-            for dev, used in gpu:
-                g.add_metric([dev], used)
-            yield g
+        yield from _gpu_memory_families()
 
 
-def _gpu_memory() -> list[tuple[str, float]] | None:
-    try:
-        import torch
-    except ImportError:
-        return None
-    if not torch.cuda.is_available():
-        return None
-    return [(f"cuda:{i}", float(torch.cuda.memory_allocated(i))) for i in range(torch.cuda.device_count())]
+# (name, help) of the per-device GPU memory gauges. They are always declared, with no samples on a
+# machine without CUDA, so dashboards and alerts can name them everywhere.
+_GPU_GAUGES = (
+    ("rewardserve_gpu_memory_allocated_bytes", "GPU memory held by this process's tensors."),
+    (
+        "rewardserve_gpu_memory_reserved_bytes",
+        "GPU memory held by this process's torch caching allocator (allocated + cached free blocks).",
+    ),
+    (
+        "rewardserve_gpu_memory_used_bytes",
+        "GPU memory in use on the device by every process (the driver's view: includes the vLLM "
+        "engine's process and CUDA contexts).",
+    ),
+    ("rewardserve_gpu_memory_total_bytes", "GPU memory of the device."),
+)
+
+
+def _gpu_memory_families() -> list[GaugeMetricFamily]:
+    families = [GaugeMetricFamily(name, doc, labels=["device"]) for name, doc in _GPU_GAUGES]
+    for device, values in _gpu_memory():
+        for family, value in zip(families, values, strict=True):
+            family.add_metric([device], value)
+    return families
+
+
+def _gpu_memory() -> list[tuple[str, tuple[float, float, float, float]]]:
+    """(device, (allocated, reserved, used, total)) for each CUDA device; none without CUDA.
+
+    torch is only consulted when something already imported it and initialised CUDA: a scrape must
+    not import torch, nor create a CUDA context (hundreds of MiB per device) in a process that never
+    used the GPU.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return []
+    out = []
+    for i in range(torch.cuda.device_count()):
+        free, total = torch.cuda.mem_get_info(i)
+        allocated = float(torch.cuda.memory_allocated(i))
+        reserved = float(torch.cuda.memory_reserved(i))
+        out.append((f"cuda:{i}", (allocated, reserved, float(total - free), float(total))))
+    return out
 
 
 class Metrics:
@@ -201,9 +229,24 @@ class Metrics:
         )
         self.reward = Histogram(
             "rewardserve_reward",
-            "Distribution of rewards returned.",
+            "Distribution of rewards returned (no _sum: see rewardserve_reward_positive_sum_total).",
             ["model"],
             buckets=REWARD_BUCKETS,
+            registry=r,
+        )
+        # The reward histogram has negative buckets, so prometheus_client leaves out its _sum (a
+        # counter that can go down breaks rate()). The sum is kept as two monotonic counters instead:
+        # mean reward = (positive - negative) / rewardserve_reward_count, over any window.
+        self.reward_positive_sum = Counter(
+            "rewardserve_reward_positive_sum",
+            "Sum of the positive rewards returned.",
+            ["model"],
+            registry=r,
+        )
+        self.reward_negative_sum = Counter(
+            "rewardserve_reward_negative_sum",
+            "Sum of the magnitudes of the negative rewards returned.",
+            ["model"],
             registry=r,
         )
         self.generated_tokens = Counter(
@@ -225,10 +268,17 @@ class Metrics:
 
     def observe_rewards(self, model: str, rewards: Sequence[float], lengths: Sequence[float]) -> None:
         hist = self.reward.labels(model)
+        # Both children exist from the first call, so the mean's three series start together.
+        positive = self.reward_positive_sum.labels(model)
+        negative = self.reward_negative_sum.labels(model)
         rc = self.correlations.setdefault(model, RollingCorrelation())
         for reward, length in zip(rewards, lengths, strict=True):
             if math.isfinite(reward):
                 hist.observe(reward)
+                if reward > 0:
+                    positive.inc(reward)
+                elif reward < 0:
+                    negative.inc(-reward)
                 rc.add(reward, length)
 
     def render(self) -> bytes:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from rewardserve.config import Settings
-from rewardserve.errors import NotReady
+from rewardserve.errors import ModelNotFound, NotReady
 from rewardserve.metrics import Metrics
 from rewardserve.scoring.service import ScoringService
+
+if TYPE_CHECKING:  # the generation package is imported only when a generator is configured
+    from rewardserve.generation.service import GenerationService
 
 
 @dataclass
@@ -16,13 +20,15 @@ class Runtime:
 
     settings: Settings
     scoring: ScoringService | None = None
+    generation: GenerationService | None = None
     draining: bool = False
     load_error: str | None = None
     metrics: Metrics = field(default_factory=Metrics)
 
     @property
     def ready(self) -> bool:
-        return self.scoring is not None and not self.draining
+        generator_ok = self.settings.generator is None or self.generation is not None
+        return self.scoring is not None and generator_ok and not self.draining
 
     def require_scoring(self) -> ScoringService:
         """The scoring service, or NotReady (503 / UNAVAILABLE) while loading or draining."""
@@ -31,3 +37,18 @@ class Runtime:
         if self.scoring is None:
             raise NotReady("model is still loading" if self.load_error is None else "model failed to load")
         return self.scoring
+
+    def require_generation(self) -> GenerationService:
+        """The generation service; ModelNotFound (404) when none is configured, NotReady (503) while
+        it loads or the server drains."""
+        if self.settings.generator is None:
+            raise ModelNotFound(
+                "this server has no policy generator (scoring only); start it with --generator MODEL_DIR"
+            )
+        if self.draining:
+            raise NotReady("server is draining; retry on another replica")
+        if self.generation is None:
+            raise NotReady(
+                "generator is still loading" if self.load_error is None else "generator failed to load"
+            )
+        return self.generation

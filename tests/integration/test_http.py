@@ -208,18 +208,31 @@ async def test_draining_refuses_new_work(server: RewardServer, client: httpx.Asy
     server.runtime.draining = False
 
 
-async def test_not_ready_while_loading(tiny_llama: Path) -> None:
+async def test_not_ready_while_loading(tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import rewardserve.app as app_module
+
+    loaded = asyncio.Event()  # the model load waits for this, so "loading" is observed for sure
+    real_load = app_module.load_scoring
+
+    async def gated_load(*args: Any, **kwargs: Any) -> Any:
+        await loaded.wait()
+        return await real_load(*args, **kwargs)
+
+    monkeypatch.setattr(app_module, "load_scoring", gated_load)
     srv = RewardServer(Settings(model=tiny_llama, port=0))
     await srv.start()  # begins loading in the background
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{srv.http_port}", timeout=30) as c:
+            r = await c.get("/health/ready")
+            assert r.status_code == 503 and r.json()["status"] == "loading"
+            assert (await c.get("/health/live")).status_code == 200
+            s = await c.post("/v1/score", json={"inputs": [{"text": "x"}]})
+            assert s.status_code == 503 and s.json()["type"] == "unavailable"
+            loaded.set()
             for _ in range(600):
                 r = await c.get("/health/ready")
                 if r.status_code == 200:
                     break
-                assert r.json()["status"] == "loading"
-                s = await c.post("/v1/score", json={"inputs": [{"text": "x"}]})
-                assert s.status_code == 503
                 await asyncio.sleep(0.05)
             assert r.status_code == 200
             assert (await c.post("/v1/score", json={"inputs": [{"text": "x"}]})).status_code == 200

@@ -12,8 +12,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from rewardserve.api.errors import classify
+from rewardserve.api.errors import AuthError, classify
+from rewardserve.api.http_generation import router as generation_router
+from rewardserve.api.http_kserve import router as kserve_router
 from rewardserve.api.schemas import (
+    CompareRequest,
+    CompareResponse,
+    GeneratorCard,
     GetRewardRequest,
     GetRewardResponse,
     ModelCard,
@@ -21,9 +26,10 @@ from rewardserve.api.schemas import (
     ScoreRequest,
     ScoreResponse,
 )
-from rewardserve.errors import InputError
+from rewardserve.errors import InputError, RewardServeError
 from rewardserve.metrics import Metrics
 from rewardserve.runtime import Runtime
+from rewardserve.scoring.batcher import DeadlineExceeded, Draining, Overloaded
 from rewardserve.scoring.types import ScoreInput
 
 Scope = MutableMapping[str, Any]
@@ -157,6 +163,12 @@ def build_http_app(runtime: Runtime) -> FastAPI:
     async def _on_error(_: Request, exc: Exception) -> JSONResponse:
         return error_response(exc)
 
+    # Expected errors also get the handler by class. One registered for plain Exception only runs in
+    # Starlette's ServerErrorMiddleware, which re-raises after answering: uvicorn then logs a traceback
+    # and closes the keep-alive connection, so a client's next request on it fails (connection reset).
+    for expected in (RewardServeError, Overloaded, Draining, DeadlineExceeded, TimeoutError, AuthError):
+        app.add_exception_handler(expected, _on_error)
+
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)
@@ -175,7 +187,10 @@ def build_http_app(runtime: Runtime) -> FastAPI:
     @app.get("/v1/models")
     async def models() -> ModelList:
         scoring = runtime.require_scoring()
-        return ModelList(data=[ModelCard.of(m) for m in scoring.models()])
+        cards: list[ModelCard | GeneratorCard] = [ModelCard.of(m) for m in scoring.models()]
+        if runtime.generation is not None:
+            cards.append(GeneratorCard.of(runtime.generation.info()))
+        return ModelList(data=cards)
 
     @app.post("/v1/score")
     async def score(body: ScoreRequest) -> ScoreResponse:
@@ -184,6 +199,19 @@ def build_http_app(runtime: Runtime) -> FastAPI:
             [i.to_input() for i in body.inputs], model=body.model, truncate=body.truncate
         )
         return ScoreResponse.build(scoring.name, outputs, scoring.engine.info.objectives)
+
+    @app.post("/v1/compare")
+    async def compare(body: CompareRequest) -> CompareResponse:
+        # Bradley-Terry: P(a > b) = sigmoid(r_a - r_b); both sides scored in one call (same batches).
+        scoring = runtime.require_scoring()
+        results = await scoring.compare(
+            [p.to_inputs() for p in body.pairs], model=body.model, truncate=body.truncate
+        )
+        return CompareResponse(
+            model=scoring.name,
+            probabilities=[r.probability for r in results],
+            margins=[r.margin for r in results],
+        )
 
     @app.post("/get_reward")
     async def get_reward(body: GetRewardRequest) -> GetRewardResponse:
@@ -198,6 +226,8 @@ def build_http_app(runtime: Runtime) -> FastAPI:
         logs = {"reward_tokens": [float(o.tokens) for o in outputs]}
         return GetRewardResponse(rewards=rewards, scores=rewards, extra_logs=logs)
 
+    app.include_router(generation_router)  # /v1/generate, /v1/rollout, /v1/generator/weights
+    app.include_router(kserve_router)  # KServe V2 / Open Inference Protocol under /v2
     app.add_middleware(BodyLimit, max_bytes=runtime.settings.max_body_bytes)
     # Outermost, so a 413 from BodyLimit is counted too.
     app.add_middleware(RequestMetrics, metrics=runtime.metrics)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from rewardserve.generation.types import GeneratorInfo
 from rewardserve.scoring.types import Message, ModelInfo, ScoreInput, ScoreOutput
 
 
@@ -130,6 +131,75 @@ class ModelCard(BaseModel):
         )
 
 
+class GeneratorCard(BaseModel):
+    """The policy served by /v1/generate and /v1/rollout (listed after the reward models)."""
+
+    id: str
+    object: str = "model"
+    kind: str = "generator"
+    architecture: str
+    model_type: str
+    max_model_len: int
+    dtype: str
+    device: str
+    tensor_parallel_size: int
+    weights_version: int
+    chat_template: bool
+
+    @classmethod
+    def of(cls, info: GeneratorInfo) -> GeneratorCard:
+        return cls(
+            id=info.name,
+            architecture=info.architecture,
+            model_type=info.model_type,
+            max_model_len=info.max_model_len,
+            dtype=info.dtype,
+            device=info.device,
+            tensor_parallel_size=info.tensor_parallel_size,
+            weights_version=info.weights_version,
+            chat_template=info.chat_template,
+        )
+
+
 class ModelList(BaseModel):
     object: str = "list"
-    data: list[ModelCard]
+    data: list[ModelCard | GeneratorCard]
+
+
+class PairIn(BaseModel):
+    """One preference pair: two responses to the same prompt."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str
+    a: str
+    b: str
+
+    def to_inputs(self) -> tuple[ScoreInput, ScoreInput]:
+        a = ScoreInput(prompt=self.prompt, response=self.a)
+        return a, ScoreInput(prompt=self.prompt, response=self.b)
+
+
+class CompareRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = None
+    pairs: list[PairIn]
+    truncate: bool = False
+
+
+class CompareResponse(BaseModel):
+    """``probabilities[i]`` = P(a preferred over b) = sigmoid(``margins[i]``), ``margins[i]`` = r_a - r_b."""
+
+    model: str
+    probabilities: list[float]
+    margins: list[float]
+
+
+def validation_message(exc: ValidationError) -> str:
+    """A pydantic error as one short line ("loc: message; ..."), for bodies validated outside FastAPI
+    (gRPC inputs, KServe JSON)."""
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts) or "invalid request"

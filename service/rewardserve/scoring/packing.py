@@ -158,7 +158,8 @@ def _cuda_varlen(
             rep = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
     out = _VARLEN(q, k, v, cu, cu, max_len, max_len, **kwargs)
-    return out[0] if isinstance(out, tuple) else out
+    result: torch.Tensor = out[0] if isinstance(out, tuple) else out
+    return result
 
 
 def _per_sequence(

@@ -8,9 +8,11 @@ batcher (token budget, deadlines) -> engine. Counting in-flight calls lets a dra
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from rewardserve.config import Settings
 from rewardserve.errors import InputError, ModelNotFound
@@ -18,6 +20,29 @@ from rewardserve.metrics import Metrics
 from rewardserve.scoring.batcher import Batcher, BatchStats
 from rewardserve.scoring.engine import Prepared, RewardEngine
 from rewardserve.scoring.types import Encoded, ModelInfo, ScoreInput, ScoreOutput
+
+
+def sigmoid(x: float) -> float:
+    """Logistic function without overflow for large |x| (math.exp(710) raises)."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One pair's preference: ``margin`` = r_a - r_b, ``probability`` = sigmoid(margin) = P(a > b)."""
+
+    margin: float
+    probability: float
+    a: ScoreOutput
+    b: ScoreOutput
+
+    @classmethod
+    def of(cls, a: ScoreOutput, b: ScoreOutput) -> Comparison:
+        margin = a.score - b.score
+        return cls(margin, sigmoid(margin), a, b)
 
 
 class ScoringService:
@@ -118,6 +143,26 @@ class ScoringService:
                 self._idle.set()
         self._observe(inputs, outputs)
         return outputs
+
+    async def compare(
+        self,
+        pairs: Sequence[tuple[ScoreInput, ScoreInput]],
+        *,
+        model: str | None = None,
+        truncate: bool = False,
+        timeout: float | None = None,
+    ) -> list[Comparison]:
+        """Bradley-Terry preference of ``a`` over ``b`` for each pair. Both sides of every pair go
+        in one scoring call, so they are batched (and admitted, and timed out) together."""
+        flat = [side for pair in pairs for side in pair]
+        try:
+            outputs = await self.score(flat, model=model, truncate=truncate, timeout=timeout)
+        except InputError as exc:
+            if exc.index is None:
+                raise
+            detail = str(exc).removeprefix(f"inputs[{exc.index}]: ")
+            raise InputError(f"pairs[{exc.index // 2}].{'ab'[exc.index % 2]}: {detail}") from None
+        return [Comparison.of(a, b) for a, b in zip(outputs[::2], outputs[1::2], strict=True)]
 
     def _on_batch(self, stats: BatchStats) -> None:
         m, name = self.metrics, self.name

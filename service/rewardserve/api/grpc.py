@@ -1,0 +1,220 @@
+"""gRPC transport: one grpc.aio server in the process's event loop, over the same Runtime as HTTP.
+
+It serves the native API (``rewardserve.v1.RewardService``, grpc_native.py), KServe V2
+(``inference.GRPCInferenceService``, grpc_kserve.py), ``grpc.health.v1`` and server reflection.
+Handlers raise the core's exceptions; ``ErrorInterceptor`` maps them to status codes through the
+same table as HTTP (api/errors.classify), so no handler formats an error and no traceback or path
+ever reaches a client.
+
+Lifecycle (driven by app.py): ``start`` binds and listens with health NOT_SERVING; ``set_serving``
+once the model is warm; ``begin_drain`` on SIGTERM flips health to NOT_SERVING for good (new work
+then gets UNAVAILABLE from the Runtime) and ends open streams once their in-flight messages are
+answered; ``stop`` closes the listener, letting in-flight RPCs finish within a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn
+
+import grpc
+import grpc.aio
+from google.protobuf import descriptor_pb2, descriptor_pool
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from rewardserve._proto.inference import grpc_service_pb2 as kserve_pb2
+from rewardserve._proto.inference import grpc_service_pb2_grpc as kserve_grpc
+from rewardserve._proto.rewardserve.v1 import generation_pb2, generation_pb2_grpc, reward_pb2, reward_pb2_grpc
+from rewardserve.api.errors import ErrorInfo, classify
+from rewardserve.api.grpc_metrics import RequestMetricsInterceptor
+from rewardserve.runtime import Runtime
+from rewardserve.scoring.batcher import DeadlineExceeded
+
+NATIVE_SERVICE = reward_pb2.DESCRIPTOR.services_by_name["RewardService"].full_name
+KSERVE_SERVICE = kserve_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+# Served with or without --generator (without, its methods answer NOT_FOUND, as HTTP answers 404).
+GENERATION_SERVICE = generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name
+SERVICES = (NATIVE_SERVICE, KSERVE_SERVICE, GENERATION_SERVICE)
+# Methods whose exceptions the interceptor maps; health and reflection handle their own.
+_MAPPED_PREFIXES = tuple(f"/{name}/" for name in SERVICES)
+
+
+def error_info(exc: BaseException) -> tuple[grpc.StatusCode, ErrorInfo]:
+    """The status code and client-safe message for ``exc`` (the shared classify table)."""
+    info = classify(exc)
+    return grpc.StatusCode[info.grpc_code], info
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> NoReturn:
+    """End the RPC with the status ``exc`` maps to. RESOURCE_EXHAUSTED carries a ``retry-after``
+    trailer (seconds), as HTTP's 429 carries Retry-After."""
+    code, info = error_info(exc)
+    trailers: tuple[tuple[str, str], ...] = ()
+    if info.retry_after_s:
+        trailers = (("retry-after", str(math.ceil(info.retry_after_s))),)
+    await context.abort(code, info.message, trailing_metadata=trailers)
+    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+def time_left(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+    """The client's deadline as a timeout for the scoring service (None: the server's default).
+    An already-expired call is refused here, before any tokenizing."""
+    remaining: float | None = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        raise DeadlineExceeded("the client's deadline passed before the call started")
+    return remaining
+
+
+Behavior = Callable[..., Any]
+
+
+def _map_unary(behavior: Behavior) -> Behavior:
+    async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await behavior(request, context)
+        except grpc.aio.AbortError:
+            raise  # already a status: the handler aborted on purpose
+        except Exception as exc:
+            await abort(context, exc)
+
+    return handler
+
+
+def _map_stream(behavior: Behavior) -> Behavior:
+    async def handler(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        try:
+            async for response in behavior(requests, context):
+                yield response
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await abort(context, exc)
+
+    return handler
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Maps exceptions from our handlers to status codes (validation -> INVALID_ARGUMENT, overload ->
+    RESOURCE_EXHAUSTED, not ready/draining -> UNAVAILABLE, deadline -> DEADLINE_EXCEEDED, auth ->
+    UNAUTHENTICATED, unknown model -> NOT_FOUND, anything else -> INTERNAL with a generic message)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(_MAPPED_PREFIXES):
+            return handler
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _map_unary(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                _map_stream(handler.stream_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # no unary-stream / stream-unary methods in our protos
+
+
+def _reflection_pool() -> descriptor_pool.DescriptorPool:
+    """One pool holding every served file. Our KServe file lives in a private pool (see
+    protos/generate.py), so reflection cannot use the default one."""
+    pool = descriptor_pool.DescriptorPool()
+    added: set[str] = set()
+
+    def add(file: Any) -> None:
+        if file.name in added:
+            return
+        for dependency in file.dependencies:
+            add(dependency)
+        proto = descriptor_pb2.FileDescriptorProto()
+        file.CopyToProto(proto)
+        pool.AddSerializedFile(proto.SerializeToString())
+        added.add(file.name)
+
+    for file in (health_pb2, reflection_pb2, reward_pb2, kserve_pb2, generation_pb2):
+        add(file.DESCRIPTOR)
+    return pool
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class GrpcServer:
+    """The gRPC side of RewardServer; see the module docstring for the lifecycle."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.port = 0
+        self.health = HealthServicer()
+        self.draining = asyncio.Event()  # streams watch it to wind down
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> int:
+        """Bind ``host:grpc_port`` and start serving (health NOT_SERVING until ``set_serving``)."""
+        from rewardserve.api.grpc_generation import GenerationServicer
+        from rewardserve.api.grpc_kserve import KServeServicer
+        from rewardserve.api.grpc_native import RewardServicer
+
+        settings = self.runtime.settings
+        limit = settings.grpc_max_message_bytes
+        server = grpc.aio.server(
+            # Metrics first: the outermost layer sees the status after ErrorInterceptor mapped it.
+            interceptors=[RequestMetricsInterceptor(self.runtime.metrics), ErrorInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                # gRPC sets SO_REUSEPORT by default, so a second server on a taken port would bind
+                # silently and share its traffic; fail loudly instead, as the HTTP side does.
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        # The generated registration functions carry no type hints.
+        native = RewardServicer(self.runtime, self.draining)
+        reward_pb2_grpc.add_RewardServiceServicer_to_server(native, server)  # type: ignore[no-untyped-call]
+        kserve = KServeServicer(self.runtime)
+        kserve_grpc.add_GRPCInferenceServiceServicer_to_server(kserve, server)  # type: ignore[no-untyped-call]
+        generation = GenerationServicer(self.runtime)
+        generation_pb2_grpc.add_GenerationServiceServicer_to_server(generation, server)  # type: ignore[no-untyped-call]
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        names = (*SERVICES, health_name, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server, pool=_reflection_pool())
+        for service in ("", *SERVICES):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        address = _address(settings.host, settings.grpc_port)
+        try:
+            self.port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise OSError(
+                f"gRPC cannot listen on {address} ({exc}); is the port taken? Choose another with "
+                "--grpc-port (0 picks a free one)"
+            ) from None
+        await server.start()
+        self._server = server
+        return self.port
+
+    async def set_serving(self) -> None:
+        """Health SERVING for "" and every service (ignored once draining began)."""
+        for service in ("", *SERVICES):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    async def begin_drain(self) -> None:
+        """Health NOT_SERVING from now on; open streams stop taking messages."""
+        self.draining.set()
+        await self.health.enter_graceful_shutdown()
+
+    async def stop(self, grace: float) -> None:
+        """Refuse new RPCs; in-flight ones get ``grace`` seconds to finish, then are cancelled."""
+        if self._server is not None:
+            await self._server.stop(grace)

@@ -1,0 +1,324 @@
+"""gRPC transport: the native ``rewardserve.v1.RewardService`` and ``GenerationService`` through the
+generated stubs.
+
+Requests and answers are converted from and to the HTTP JSON form, so the clients above see one
+shape whatever the transport. One channel per server: a channel multiplexes every call over one
+HTTP/2 connection and reconnects by itself, which is gRPC's connection pooling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from rewardserve._proto.rewardserve.v1 import generation_pb2, generation_pb2_grpc, reward_pb2, reward_pb2_grpc
+from rewardserve.client import errors
+
+JSON = dict[str, Any]
+
+# The server enforces its own size limit (with a clear error); the client should not refuse a large
+# answer to a large request it was allowed to send.
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+    # After a server restart, reconnect within seconds: gRPC's default reconnect backoff grows to
+    # 120 s, and calls fail fast with UNAVAILABLE meanwhile, long after the server is back.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+_BY_CODE: dict[grpc.StatusCode, type[errors.RewardServeError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidRequest,
+    grpc.StatusCode.OUT_OF_RANGE: errors.InvalidRequest,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.InvalidRequest,
+    grpc.StatusCode.NOT_FOUND: errors.ModelNotFound,
+    grpc.StatusCode.UNAUTHENTICATED: errors.AuthError,
+    grpc.StatusCode.PERMISSION_DENIED: errors.AuthError,
+    grpc.StatusCode.UNIMPLEMENTED: errors.NotSupported,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.Overloaded,
+    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
+}
+
+
+def rpc_error(url: str, exc: grpc.RpcError) -> errors.RewardServeError:
+    """The client error for a failed RPC (sync ``grpc.RpcError`` or ``grpc.aio.AioRpcError``)."""
+    code: grpc.StatusCode = exc.code()
+    details = str(exc.details() or code.name)
+    retry_after = None
+    for key, value in exc.trailing_metadata() or ():
+        if key == "retry-after":
+            with contextlib.suppress(ValueError):
+                retry_after = max(0.0, float(value))
+    cls = _BY_CODE.get(code, errors.ServerError)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and retry_after is None and "larger than" in details:
+        cls = errors.InvalidRequest  # a message over a size limit: retrying cannot help
+    return cls(details, endpoint=url, status=code.name, retry_after_s=retry_after)
+
+
+# --- JSON <-> protobuf ---------------------------------------------------------------------------
+
+
+def _input(body: Mapping[str, Any]) -> reward_pb2.Input:
+    messages = [
+        reward_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in body.get("messages") or ()
+    ]
+    return reward_pb2.Input(
+        prompt=body.get("prompt"), response=body.get("response"), messages=messages, text=body.get("text")
+    )
+
+
+def _score_request(body: JSON) -> reward_pb2.ScoreRequest:
+    return reward_pb2.ScoreRequest(
+        model=body.get("model") or "",
+        inputs=[_input(x) for x in body["inputs"]],
+        truncate=bool(body.get("truncate", False)),
+    )
+
+
+def _score_json(r: reward_pb2.ScoreResponse) -> JSON:
+    return {
+        "model": r.model,
+        "scores": list(r.scores),
+        "details": [
+            {"tokens": d.tokens, "truncated": d.truncated, "objectives": dict(d.objectives) or None}
+            for d in r.details
+        ],
+        "usage": {"prompt_tokens": r.usage.prompt_tokens},
+    }
+
+
+def _compare_request(body: JSON) -> reward_pb2.CompareRequest:
+    return reward_pb2.CompareRequest(
+        model=body.get("model") or "",
+        pairs=[reward_pb2.Pair(prompt=p["prompt"], a=p["a"], b=p["b"]) for p in body["pairs"]],
+        truncate=bool(body.get("truncate", False)),
+    )
+
+
+def _compare_json(r: reward_pb2.CompareResponse) -> JSON:
+    return {"model": r.model, "probabilities": list(r.probabilities), "margins": list(r.margins)}
+
+
+def _models_json(r: reward_pb2.ListModelsResponse) -> JSON:
+    cards = [
+        {
+            "id": m.id,
+            "kind": "reward",
+            "architecture": m.architecture,
+            "model_type": m.model_type,
+            "max_input_tokens": m.max_input_tokens,
+            "dtype": m.dtype,
+            "device": m.device,
+            "head": m.head,
+            "objectives": list(m.objectives),
+            "batch_strategy": m.batch_strategy,
+            "chat_template": m.chat_template,
+        }
+        for m in r.models
+    ]
+    return {"object": "list", "data": cards}
+
+
+# --- generation (rewardserve.v1.GenerationService) ------------------------------------------------
+
+_SAMPLING_OPTIONAL = ("n", "max_tokens", "temperature", "top_p", "top_k", "seed")
+_SAMPLING_FLAGS = ("logprobs", "top_logprobs", "ignore_eos")
+_GENERATE_KEYS = {"model", "prompts", "messages", "stop", *_SAMPLING_OPTIONAL, *_SAMPLING_FLAGS}
+_ROLLOUT_KEYS = _GENERATE_KEYS | {"generator", "truncate", "advantages", "eps"}
+
+
+def _prompts(body: JSON, keys: set[str]) -> dict[str, Any]:
+    """The prompts and sampling fields of a /v1/generate-style body as proto fields."""
+    unknown = set(body) - keys
+    if unknown:
+        raise TypeError(f"{sorted(unknown)} cannot be sent over gRPC (GenerationService has no such field)")
+    sampling = generation_pb2.SamplingParams(
+        **{k: body[k] for k in _SAMPLING_OPTIONAL if body.get(k) is not None},
+        **{k: body[k] for k in _SAMPLING_FLAGS if k in body},
+    )
+    stop = body.get("stop")
+    if stop is not None:
+        sampling.stop.extend([stop] if isinstance(stop, str) else stop)
+    fields: dict[str, Any] = {"sampling": sampling}
+    if "messages" in body:
+        fields["messages"] = [
+            generation_pb2.Conversation(
+                messages=[reward_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in chat]
+            )
+            for chat in body["messages"]
+        ]
+    else:
+        fields["prompts"] = body["prompts"]
+    return fields
+
+
+def _generate_request(body: JSON) -> generation_pb2.GenerateRequest:
+    return generation_pb2.GenerateRequest(model=body.get("model") or "", **_prompts(body, _GENERATE_KEYS))
+
+
+def _rollout_request(body: JSON) -> generation_pb2.RolloutRequest:
+    request = generation_pb2.RolloutRequest(
+        model=body.get("model") or "",
+        generator=body.get("generator") or "",
+        truncate=bool(body.get("truncate", False)),
+        advantages=bool(body.get("advantages", False)),
+        **_prompts(body, _ROLLOUT_KEYS),
+    )
+    if body.get("eps") is not None:
+        request.eps = body["eps"]
+    return request
+
+
+def _sample_json(s: Any) -> JSON:
+    """A proto Sample as the HTTP API writes it (None where HTTP has null)."""
+    return {
+        "index": s.index,
+        "text": s.text,
+        "token_ids": list(s.token_ids),
+        "cumulative_logprob": s.cumulative_logprob if s.HasField("cumulative_logprob") else None,
+        "logprobs": list(s.logprobs) if s.logprobs else None,
+        "top_logprobs": [{str(t): lp for t, lp in step.logprobs.items()} for step in s.top_logprobs] or None,
+        "finish_reason": s.finish_reason or None,
+    }
+
+
+def _generate_json(r: generation_pb2.GenerateResponse) -> JSON:
+    return {
+        "model": r.model,
+        "weights_version": r.weights_version,
+        "results": [
+            {"prompt_tokens": p.prompt_tokens, "samples": [_sample_json(x) for x in p.samples]}
+            for p in r.results
+        ],
+        "usage": {"prompt_tokens": r.usage.prompt_tokens, "completion_tokens": r.usage.completion_tokens},
+    }
+
+
+def _rollout_json(r: generation_pb2.RolloutResponse) -> JSON:
+    groups = [
+        {
+            "prompt_tokens": g.prompt_tokens,
+            "mean": g.mean,
+            "std": g.std,
+            "samples": [
+                {
+                    **_sample_json(x.sample),
+                    "reward": x.reward,
+                    "advantage": x.advantage if x.HasField("advantage") else None,
+                }
+                for x in g.samples
+            ],
+        }
+        for g in r.groups
+    ]
+    usage = r.usage
+    return {
+        "model": r.model,
+        "generator": r.generator,
+        "weights_version": r.weights_version,
+        "groups": groups,
+        "usage": {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "reward_tokens": usage.reward_tokens,
+        },
+    }
+
+
+# op -> (service, stub method name, JSON -> request, response -> JSON)
+_OPS: dict[str, tuple[str, str, Any, Any]] = {
+    "score": ("reward", "Score", _score_request, _score_json),
+    "compare": ("reward", "Compare", _compare_request, _compare_json),
+    "models": ("reward", "ListModels", lambda _: reward_pb2.ListModelsRequest(), _models_json),
+    "generate": ("generation", "Generate", _generate_request, _generate_json),
+    "rollout": ("generation", "Rollout", _rollout_request, _rollout_json),
+}
+
+
+def _stubs(channel: Any) -> dict[str, Any]:
+    return {
+        "reward": reward_pb2_grpc.RewardServiceStub(channel),  # type: ignore[no-untyped-call]
+        "generation": generation_pb2_grpc.GenerationServiceStub(channel),  # type: ignore[no-untyped-call]
+    }
+
+
+def _target(url: str) -> tuple[str, bool]:
+    """``grpc://host:port`` -> ("host:port", secure=False); ``grpcs://`` is TLS."""
+    scheme, _, rest = url.partition("://")
+    return rest.rstrip("/"), scheme == "grpcs"
+
+
+def _metadata(headers: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    return tuple((k.lower(), v) for k, v in (headers or {}).items())
+
+
+class GrpcTransport:
+    """Blocking gRPC to one server (a ``grpc.Channel`` is thread-safe)."""
+
+    def __init__(self, url: str, *, headers: Mapping[str, str] | None = None) -> None:
+        self.url = url.rstrip("/")
+        target, secure = _target(self.url)
+        self._channel = (
+            grpc.secure_channel(target, grpc.ssl_channel_credentials(), options=CHANNEL_OPTIONS)
+            if secure
+            else grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        )
+        self._stubs = _stubs(self._channel)
+        self._metadata = _metadata(headers)
+
+    def call(self, op: str, body: JSON | None, timeout: float) -> JSON:
+        service, method, to_request, to_json = _OPS[op]
+        stub = getattr(self._stubs[service], method)
+        try:
+            response = stub(to_request(body), timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise rpc_error(self.url, exc) from exc
+        result: JSON = to_json(response)
+        return result
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class AsyncGrpcTransport:
+    """Non-blocking gRPC to one server. The ``grpc.aio`` channel is created on first use, inside
+    the event loop that will drive it (aio channels belong to the loop they are made in)."""
+
+    def __init__(self, url: str, *, headers: Mapping[str, str] | None = None) -> None:
+        self.url = url.rstrip("/")
+        self._channel: grpc.aio.Channel | None = None
+        self._stubs: dict[str, Any] | None = None
+        self._metadata = _metadata(headers)
+
+    def _ensure(self) -> dict[str, Any]:
+        if self._stubs is None:
+            target, secure = _target(self.url)
+            self._channel = (
+                grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(), options=CHANNEL_OPTIONS)
+                if secure
+                else grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+            )
+            self._stubs = _stubs(self._channel)
+        return self._stubs
+
+    async def call(self, op: str, body: JSON | None, timeout: float) -> JSON:
+        service, method, to_request, to_json = _OPS[op]
+        stub = getattr(self._ensure()[service], method)
+        try:
+            response = await stub(to_request(body), timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise rpc_error(self.url, exc) from exc
+        result: JSON = to_json(response)
+        return result
+
+    async def aclose(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+            self._stubs = None

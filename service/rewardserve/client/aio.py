@@ -1,0 +1,306 @@
+"""``AsyncRewardClient``: the asyncio client, the same API as ``RewardClient``, awaited.
+
+Request building, chunking, balancing and the retry policy are shared with the sync client
+(_core.py, balance.py); only the waiting differs (tasks and ``asyncio.sleep`` instead of threads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Protocol, TypeVar, cast
+
+from rewardserve.client import _core
+from rewardserve.client._core import JSON
+from rewardserve.client.balance import EndpointPool, EndpointState, RetryEvent, RetryPolicy
+from rewardserve.client.errors import RewardServeError
+from rewardserve.client.types import (
+    CompareResult,
+    GenerateResponse,
+    Input,
+    Message,
+    ModelInfo,
+    Pair,
+    RolloutResponse,
+    ScoreResult,
+)
+
+log = logging.getLogger("rewardserve.client")
+
+R = TypeVar("R")
+
+
+class _AsyncTransport(Protocol):
+    url: str
+
+    async def call(self, op: str, body: JSON | None, timeout: float) -> JSON: ...
+
+    async def aclose(self) -> None: ...
+
+
+def _transport(url: str, config: _core.ClientConfig) -> _AsyncTransport:
+    if url.startswith(_core.GRPC_SCHEMES):
+        from rewardserve.client._grpc import AsyncGrpcTransport
+
+        return AsyncGrpcTransport(url, headers=config.headers)
+    from rewardserve.client._http import AsyncHttpTransport
+
+    return AsyncHttpTransport(
+        url,
+        timeout=config.timeout,
+        connect_timeout=config.connect_timeout,
+        headers=config.headers,
+        max_connections=max(16, 2 * config.max_concurrency),
+    )
+
+
+class AsyncRewardClient:
+    """asyncio client for a rewardserve server or several; see ``RewardClient`` for the options.
+
+    >>> async with AsyncRewardClient(["grpc://rm-0:50051", "grpc://rm-1:50051"]) as rm:
+    ...     rewards = await rm.score([("What is 2+2?", "4")])
+
+    Use it from one event loop (its connections belong to that loop). Many concurrent calls share
+    its connections; each call's chunks run at most ``max_concurrency`` at once.
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        *,
+        timeout: float = 120.0,
+        connect_timeout: float = 5.0,
+        retry: RetryPolicy | None = None,
+        cooloff_s: float = 10.0,
+        max_inputs_per_request: int = 256,
+        max_concurrency: int = 8,
+        headers: Mapping[str, str] | None = None,
+        on_retry: Callable[[RetryEvent], None] | None = None,
+    ) -> None:
+        self.config = _core.ClientConfig(
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            retry=retry or RetryPolicy(),
+            cooloff_s=cooloff_s,
+            max_inputs_per_request=max_inputs_per_request,
+            max_concurrency=max_concurrency,
+            headers=headers,
+            on_retry=on_retry,
+        )
+        self.urls = _core.parse_urls(urls)
+        transports = [_transport(u, self.config) for u in self.urls]
+        self._pool: EndpointPool[_AsyncTransport] = EndpointPool(self.urls, transports, cooloff_s=cooloff_s)
+        self._rng = random.Random()
+
+    # --- public API ------------------------------------------------------------------------------
+
+    async def score(
+        self,
+        inputs: Sequence[Input],
+        *,
+        model: str | None = None,
+        truncate: bool = False,
+        timeout: float | None = None,
+    ) -> list[float]:
+        """Rewards of ``inputs`` (see ``rewardserve.client.Input``), in order."""
+        return (await self.score_details(inputs, model=model, truncate=truncate, timeout=timeout)).scores
+
+    async def score_details(
+        self,
+        inputs: Sequence[Input],
+        *,
+        model: str | None = None,
+        truncate: bool = False,
+        timeout: float | None = None,
+    ) -> ScoreResult:
+        """Rewards plus per-input details (tokens, truncated, objectives) and token usage."""
+        bodies = _core.score_bodies(
+            inputs, model=model, truncate=truncate, chunk_size=self.config.max_inputs_per_request
+        )
+        if not bodies:
+            return ScoreResult(model=model or "", scores=[], details=[], prompt_tokens=0)
+        parts = await self._chunked("score", bodies, len(inputs), timeout, ScoreResult.from_wire)
+        return ScoreResult.merge(parts)
+
+    async def compare(
+        self,
+        pairs: Sequence[Pair],
+        *,
+        model: str | None = None,
+        truncate: bool = False,
+        timeout: float | None = None,
+    ) -> CompareResult:
+        """P(a ≻ b) for each ``(prompt, a, b)`` (Bradley-Terry: sigmoid of the reward margin)."""
+        bodies = _core.compare_bodies(
+            pairs, model=model, truncate=truncate, chunk_size=self.config.max_inputs_per_request
+        )
+        if not bodies:
+            return CompareResult(model=model or "", probabilities=[], margins=[])
+        parts = await self._chunked("compare", bodies, len(pairs), timeout, CompareResult.from_wire)
+        return CompareResult.merge(parts)
+
+    async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        """The reward models (and the policy generator, over HTTP) the server serves."""
+        body = await self._call("models", None, timeout)
+        return [ModelInfo.from_wire(card) for card in body.get("data", [])]
+
+    async def generate(
+        self,
+        prompts: Sequence[str | Sequence[Message]],
+        *,
+        n: int = 1,
+        max_tokens: int = 16,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        logprobs: bool = False,
+        model: str | None = None,
+        timeout: float | None = None,
+        **extra: Any,
+    ) -> GenerateResponse:
+        """``n`` policy samples per prompt; see ``RewardClient.generate``."""
+        body = _core.generate_body(
+            prompts,
+            n=n,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            stop=stop,
+            logprobs=logprobs,
+            extra=extra,
+        )
+        if model:
+            body["model"] = model
+        return cast(GenerateResponse, await self._call("generate", body, timeout))
+
+    async def rollout(
+        self,
+        prompts: Sequence[str | Sequence[Message]],
+        *,
+        n: int = 1,
+        max_tokens: int = 16,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        logprobs: bool = False,
+        model: str | None = None,
+        generator: str | None = None,
+        truncate: bool = False,
+        advantages: bool = False,
+        timeout: float | None = None,
+        **extra: Any,
+    ) -> RolloutResponse:
+        """Samples scored by reward model ``model`` in one round trip; see ``RewardClient.rollout``."""
+        body = _core.generate_body(
+            prompts,
+            n=n,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            stop=stop,
+            logprobs=logprobs,
+            extra=extra,
+        )
+        body.update(truncate=truncate, advantages=advantages)
+        if model:
+            body["model"] = model
+        if generator:
+            body["generator"] = generator
+        return cast(RolloutResponse, await self._call("rollout", body, timeout))
+
+    @property
+    def endpoints(self) -> list[EndpointState]:
+        """Each server and whether the balancer currently sends it work."""
+        return self._pool.states()
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(t.aclose() for t in self._pool.endpoints), return_exceptions=True)
+
+    async def __aenter__(self) -> AsyncRewardClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # --- machinery -------------------------------------------------------------------------------
+
+    async def _chunked(
+        self,
+        op: str,
+        bodies: list[tuple[tuple[int, int], JSON]],
+        total: int,
+        timeout: float | None,
+        parse: Callable[[JSON], R],
+    ) -> list[R]:
+        limit = asyncio.Semaphore(self.config.max_concurrency)
+
+        async def one(span: tuple[int, int], body: JSON) -> R:
+            async with limit:
+                try:
+                    return parse(await self._call(op, body, timeout))
+                except RewardServeError as exc:
+                    raise _core.in_chunk(exc, span, total) from exc
+
+        if len(bodies) == 1:
+            return [await one(*bodies[0])]
+        return await _gather_or_cancel([one(span, body) for span, body in bodies])
+
+    async def _call(self, op: str, body: JSON | None, timeout: float | None) -> JSON:
+        """One request, retried and failed over per the policy."""
+        policy = self.config.retry
+        limit = timeout if timeout is not None else self.config.timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            i = self._pool.pick()
+            transport = self._pool.endpoints[i]
+            try:
+                result = await transport.call(op, body, limit)
+            except RewardServeError as exc:
+                if exc.retryable:  # out of rotation for a while, even if this was the last try
+                    self._pool.failed(i, exc, policy.max_retry_after_s)
+                if not exc.retryable or attempt >= policy.max_attempts:
+                    raise
+                delay = 0.0 if self._pool.any_healthy() else policy.delay(attempt, exc, self._rng)
+                self._report(RetryEvent(transport.url, attempt, exc, delay))
+                await asyncio.sleep(delay)
+                continue
+            self._pool.succeeded(i)
+            return result
+
+    def _report(self, event: RetryEvent) -> None:
+        log.info(
+            "rewardserve %s failed (%s), try %d; retrying in %.2fs",
+            event.endpoint,
+            event.error,
+            event.attempt,
+            event.delay_s,
+        )
+        if self.config.on_retry is not None:
+            self.config.on_retry(event)
+
+
+async def _gather_or_cancel(coros: list[Awaitable[R]]) -> list[R]:
+    """Results in order; on the first failure the other chunks are cancelled (nobody would read
+    them) before the error propagates."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

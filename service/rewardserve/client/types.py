@@ -1,0 +1,260 @@
+"""Inputs and results of the client, and their wire (HTTP JSON) form.
+
+The HTTP JSON body is the one request/response form inside the client: the gRPC transport converts
+it to and from protobuf messages, so everything above the transports is shared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias, TypedDict, cast
+
+__all__ = [
+    "CompareResult",
+    "GenerateResponse",
+    "Input",
+    "Message",
+    "ModelInfo",
+    "Pair",
+    "RolloutResponse",
+    "ScoreDetail",
+    "ScoreResult",
+]
+
+Message: TypeAlias = Mapping[str, Any]
+"""A chat message: ``{"role": ..., "content": ...}`` (other keys are dropped)."""
+
+Input: TypeAlias = str | tuple[str, str] | Mapping[str, Any] | Sequence[Message]
+"""One thing to score:
+
+* ``"text"``: raw text, scored as given;
+* ``(prompt, response)``: through the reward model's chat template;
+* ``[{"role": "user", ...}, {"role": "assistant", ...}]``: a conversation, through the template;
+* a wire dict: ``{"prompt", "response"}``, ``{"messages"}`` or ``{"text"}``.
+"""
+
+Pair: TypeAlias = tuple[str, str, str] | Mapping[str, str]
+"""A preference question: ``(prompt, a, b)`` or ``{"prompt", "a", "b"}``; answers P(a ≻ b)."""
+
+_KINDS = ("prompt", "response", "messages", "text")
+
+
+def message_to_wire(m: Message, where: str) -> dict[str, str]:
+    """``{"role", "content"}`` from a chat message. Content given as a list of parts (the OpenAI /
+    TRL multimodal form) keeps its text parts; ``None`` content (a tool-call turn) is empty."""
+    if not isinstance(m, Mapping) or "role" not in m:
+        raise TypeError(f"{where}: a chat message is a mapping with 'role' and 'content', got {m!r:.80}")
+    content = m.get("content")
+    if content is None:
+        text = ""
+    elif isinstance(content, str):
+        text = content
+    elif isinstance(content, Sequence):
+        text = "".join(
+            str(p.get("text", "")) for p in content if isinstance(p, Mapping) and p.get("type") == "text"
+        )
+    else:
+        raise TypeError(f"{where}: message content must be a string, got {type(content).__name__}")
+    return {"role": str(m["role"]), "content": text}
+
+
+def input_to_wire(x: Input, index: int) -> dict[str, Any]:
+    """The ``/v1/score`` JSON form of one input (see ``Input``)."""
+    where = f"inputs[{index}]"
+    if isinstance(x, str):
+        return {"text": x}
+    if isinstance(x, tuple) and len(x) == 2 and all(isinstance(p, str) for p in x):
+        return {"prompt": x[0], "response": x[1]}
+    if isinstance(x, Mapping):
+        unknown = set(x) - set(_KINDS)
+        if unknown:
+            raise TypeError(f"{where}: unknown keys {sorted(unknown)}; use prompt+response, messages or text")
+        out: dict[str, Any] = {k: x[k] for k in _KINDS if x.get(k) is not None}
+        if "messages" in out:
+            out["messages"] = [message_to_wire(m, where) for m in out["messages"]]
+        kinds = ("prompt" in out or "response" in out) + ("messages" in out) + ("text" in out)
+        if kinds != 1 or (("prompt" in out) != ("response" in out)):
+            raise TypeError(f"{where}: give exactly one of prompt+response, messages or text")
+        return out
+    if isinstance(x, Sequence) and x and all(isinstance(m, Mapping) for m in x):
+        return {"messages": [message_to_wire(cast(Message, m), where) for m in x]}
+    raise TypeError(
+        f"{where}: expected text, a (prompt, response) tuple, a list of chat messages or a dict; "
+        f"got {type(x).__name__}"
+    )
+
+
+def pair_to_wire(p: Pair, index: int) -> dict[str, str]:
+    if isinstance(p, Mapping):
+        try:
+            return {"prompt": str(p["prompt"]), "a": str(p["a"]), "b": str(p["b"])}
+        except KeyError as exc:
+            raise TypeError(f"pairs[{index}]: missing key {exc}; a pair is {{prompt, a, b}}") from None
+    if isinstance(p, tuple) and len(p) == 3 and all(isinstance(s, str) for s in p):
+        return {"prompt": p[0], "a": p[1], "b": p[2]}
+    raise TypeError(f"pairs[{index}]: expected (prompt, a, b) or {{prompt, a, b}}, got {type(p).__name__}")
+
+
+@dataclass(frozen=True)
+class ScoreDetail:
+    tokens: int
+    """Tokens the reward model read for this input."""
+    truncated: bool
+    objectives: dict[str, float] | None = None
+    """Every objective of a multi-objective head, by name; None for scalar heads."""
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """A scoring call's answer: ``scores[i]`` belongs to ``inputs[i]``."""
+
+    model: str
+    scores: list[float]
+    details: list[ScoreDetail]
+    prompt_tokens: int
+
+    @classmethod
+    def from_wire(cls, body: Mapping[str, Any]) -> ScoreResult:
+        details = [
+            ScoreDetail(
+                tokens=int(d.get("tokens", 0)),
+                truncated=bool(d.get("truncated", False)),
+                objectives={str(k): float(v) for k, v in d["objectives"].items()}
+                if d.get("objectives")
+                else None,
+            )
+            for d in body.get("details", [])
+        ]
+        usage = body.get("usage") or {}
+        return cls(
+            model=str(body.get("model", "")),
+            scores=[float(s) for s in body["scores"]],
+            details=details,
+            prompt_tokens=int(usage.get("prompt_tokens", sum(d.tokens for d in details))),
+        )
+
+    @classmethod
+    def merge(cls, parts: Sequence[ScoreResult]) -> ScoreResult:
+        """Chunks' results, in chunk order, as one result."""
+        return cls(
+            model=parts[0].model if parts else "",
+            scores=[s for p in parts for s in p.scores],
+            details=[d for p in parts for d in p.details],
+            prompt_tokens=sum(p.prompt_tokens for p in parts),
+        )
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    """``probabilities[i]`` = P(a ≻ b) = sigmoid(``margins[i]``), ``margins[i]`` = r_a - r_b."""
+
+    model: str
+    probabilities: list[float]
+    margins: list[float]
+
+    @classmethod
+    def from_wire(cls, body: Mapping[str, Any]) -> CompareResult:
+        return cls(
+            model=str(body.get("model", "")),
+            probabilities=[float(p) for p in body["probabilities"]],
+            margins=[float(m) for m in body["margins"]],
+        )
+
+    @classmethod
+    def merge(cls, parts: Sequence[CompareResult]) -> CompareResult:
+        return cls(
+            model=parts[0].model if parts else "",
+            probabilities=[p for r in parts for p in r.probabilities],
+            margins=[m for r in parts for m in r.margins],
+        )
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A served model: a reward model (``kind="reward"``) or the policy generator."""
+
+    id: str
+    kind: str
+    """"reward" or "generator"."""
+    max_tokens: int
+    """Longest input (reward model) or prompt + completion (generator)."""
+    dtype: str
+    device: str
+    chat_template: bool
+    objectives: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Every other field the server reported (architecture, head, batch strategy, ...)."""
+
+    @classmethod
+    def from_wire(cls, card: Mapping[str, Any]) -> ModelInfo:
+        kind = str(card.get("kind", "reward"))
+        known = {
+            "id",
+            "object",
+            "kind",
+            "max_input_tokens",
+            "max_model_len",
+            "dtype",
+            "device",
+            "chat_template",
+        }
+        return cls(
+            id=str(card["id"]),
+            kind=kind,
+            max_tokens=int(card.get("max_input_tokens") or card.get("max_model_len") or 0),
+            dtype=str(card.get("dtype", "")),
+            device=str(card.get("device", "")),
+            chat_template=bool(card.get("chat_template", False)),
+            objectives=tuple(card.get("objectives") or ()),
+            extra={k: v for k, v in card.items() if k not in known and k != "objectives"},
+        )
+
+
+# --- generation (the server's JSON, typed) ---------------------------------------------------------
+
+
+class Sample(TypedDict, total=False):
+    index: int
+    text: str
+    token_ids: list[int]
+    cumulative_logprob: float | None
+    logprobs: list[float] | None
+    top_logprobs: list[dict[str, float]] | None
+    finish_reason: str | None
+
+
+class PromptSamples(TypedDict):
+    prompt_tokens: int
+    samples: list[Sample]
+
+
+class GenerateResponse(TypedDict):
+    """``/v1/generate``: ``results[i].samples`` are the n samples of ``prompts[i]``."""
+
+    model: str
+    weights_version: int
+    results: list[PromptSamples]
+    usage: dict[str, int]
+
+
+class RolloutSample(Sample, total=False):
+    reward: float
+    advantage: float | None
+
+
+class RolloutGroup(TypedDict):
+    prompt_tokens: int
+    mean: float
+    std: float
+    samples: list[RolloutSample]
+
+
+class RolloutResponse(TypedDict):
+    """``/v1/rollout``: ``groups[i]`` holds the scored samples of ``prompts[i]``."""
+
+    model: str
+    generator: str
+    weights_version: int
+    groups: list[RolloutGroup]
+    usage: dict[str, int]
