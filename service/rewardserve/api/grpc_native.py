@@ -65,18 +65,7 @@ def score_response(
 
 
 def model_card(info: ModelInfo) -> reward_pb2.ModelCard:
-    return reward_pb2.ModelCard(
-        id=info.name,
-        architecture=info.architecture,
-        model_type=info.model_type,
-        max_input_tokens=info.max_input_tokens,
-        dtype=info.dtype,
-        device=info.device,
-        head=info.head,
-        objectives=list(info.objectives),
-        batch_strategy=info.batch_strategy,
-        chat_template=info.has_chat_template,
-    )
+    return reward_pb2.ModelCard(**info.card())
 
 
 class RewardServicer(reward_pb2_grpc.RewardServiceServicer):

@@ -117,18 +117,7 @@ class ModelCard(BaseModel):
 
     @classmethod
     def of(cls, info: ModelInfo) -> ModelCard:
-        return cls(
-            id=info.name,
-            architecture=info.architecture,
-            model_type=info.model_type,
-            max_input_tokens=info.max_input_tokens,
-            dtype=info.dtype,
-            device=info.device,
-            head=info.head,
-            objectives=list(info.objectives),
-            batch_strategy=info.batch_strategy,
-            chat_template=info.has_chat_template,
-        )
+        return cls(**info.card())
 
 
 class GeneratorCard(BaseModel):

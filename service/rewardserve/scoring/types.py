@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -58,3 +59,18 @@ class ModelInfo:
     objectives: tuple[str, ...] = field(default_factory=tuple)
     batch_strategy: str = "sequential"
     has_chat_template: bool = False
+
+    def card(self) -> dict[str, Any]:
+        """What both transports report for this model (HTTP /v1/models, gRPC ListModels)."""
+        return {
+            "id": self.name,
+            "architecture": self.architecture,
+            "model_type": self.model_type,
+            "max_input_tokens": self.max_input_tokens,
+            "dtype": self.dtype,
+            "device": self.device,
+            "head": self.head,
+            "objectives": list(self.objectives),
+            "batch_strategy": self.batch_strategy,
+            "chat_template": self.has_chat_template,
+        }
