@@ -142,7 +142,7 @@ class RewardServer:
             if self._generator_missing() and not self.runtime.draining:
                 from rewardserve.generation.service import start_generation
 
-                self.runtime.generation = await start_generation(self.settings)
+                self.runtime.generation = await start_generation(self.settings, self.runtime.metrics)
             if self.runtime.ready:
                 await self._grpc.set_serving()  # gRPC health; HTTP readiness reads the runtime
         except Exception as exc:

@@ -191,6 +191,24 @@ async def test_generate_n_samples_with_logprobs(served: Served, client: httpx.As
     )
 
 
+async def test_generation_metrics_count_sampled_tokens(client: httpx.AsyncClient) -> None:
+    def sampled(text: str) -> tuple[float, float]:
+        tokens = calls = 0.0
+        for line in text.splitlines():
+            if line.startswith('rewardserve_generated_tokens_total{model="policy"}'):
+                tokens = float(line.split()[-1])
+            if line.startswith('rewardserve_generation_duration_seconds_count{model="policy"}'):
+                calls = float(line.split()[-1])
+        return tokens, calls
+
+    before = sampled((await client.get("/metrics")).text)
+    data = await _generate(client, n=2, max_tokens=6, seed=3)
+    after = sampled((await client.get("/metrics")).text)
+    produced = sum(len(s["token_ids"]) for p in data["results"] for s in p["samples"])
+    assert after[0] - before[0] == produced > 0
+    assert after[1] - before[1] == 1
+
+
 async def test_seeds_reproduce_and_greedy_is_deterministic(client: httpx.AsyncClient) -> None:
     a = await _generate(client, n=2, max_tokens=12, seed=11, logprobs=True)
     b = await _generate(client, n=2, max_tokens=12, seed=11, logprobs=True)

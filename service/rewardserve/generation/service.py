@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -38,6 +39,7 @@ from rewardserve.generation.types import (
     SampleDelta,
     SamplingOptions,
 )
+from rewardserve.metrics import Metrics
 from rewardserve.scoring.batcher import Draining
 
 if TYPE_CHECKING:
@@ -51,8 +53,9 @@ _ABORTED_KEPT = 1024
 class GenerationService:
     """Policy sampling over one vLLM engine, with reloadable weights."""
 
-    def __init__(self, engine: VLLMEngine, settings: Settings) -> None:
+    def __init__(self, engine: VLLMEngine, settings: Settings, metrics: Metrics | None = None) -> None:
         self.engine = engine
+        self.metrics = metrics or Metrics()
         self.settings = settings
         self.name = settings.generator_name
         self.weights_version = 0
@@ -113,6 +116,7 @@ class GenerationService:
         ids = await self._prepare(prompts, opts, generator)
         if not ids:
             return GenerateResult(results=(), weights_version=self.weights_version)
+        started = time.perf_counter()
         async with self._admitted() as version:
             from rewardserve.generation.vllm_engine import sampling_params, to_sample
 
@@ -130,6 +134,9 @@ class GenerationService:
                 return PromptResult(prompt_tokens=len(prompt_ids), samples=tuple(samples))
 
             results = await _gather_or_cancel([one(p) for p in ids])
+        self.metrics.generation_duration.labels(self.name).observe(time.perf_counter() - started)
+        sampled = sum(len(s.token_ids) for r in results for s in r.samples)
+        self.metrics.generated_tokens.labels(self.name).inc(sampled)
         return GenerateResult(results=tuple(results), weights_version=version)
 
     async def open_stream(
@@ -335,7 +342,7 @@ async def _gather_or_cancel(coros: list[Any]) -> list[Any]:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def start_generation(settings: Settings) -> GenerationService:
+async def start_generation(settings: Settings, metrics: Metrics | None = None) -> GenerationService:
     """Start the vLLM engine for ``settings.generator`` (its blocking start-up runs in a thread, so
     the HTTP server keeps answering liveness meanwhile)."""
     from rewardserve.generation.vllm_engine import VLLMEngine
@@ -345,7 +352,7 @@ async def start_generation(settings: Settings) -> GenerationService:
         raise ValueError("settings.generator is not set")
     engine = await asyncio.to_thread(VLLMEngine.start, path, settings)
     try:
-        service = await asyncio.to_thread(GenerationService, engine, settings)
+        service = await asyncio.to_thread(GenerationService, engine, settings, metrics)
     except BaseException:
         await asyncio.to_thread(engine.shutdown)
         raise
