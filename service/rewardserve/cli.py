@@ -57,6 +57,9 @@ def serve(
         int | None, typer.Option(help="gRPC port (default 50051; 0 = any free port).")
     ] = None,
     trust_remote_code: Annotated[bool | None, typer.Option(help="Run code shipped with the model.")] = None,
+    torch_compile: Annotated[
+        bool | None, typer.Option(help="torch.compile the decoder at load (slower start, faster forwards).")
+    ] = None,
     generator: Annotated[
         Path | None,
         typer.Option(help="Policy model dir for /v1/generate, /v1/rollout (vLLM).", rich_help_panel=_GEN),
@@ -96,6 +99,7 @@ def serve(
         port=port,
         grpc_port=grpc_port,
         trust_remote_code=trust_remote_code,
+        torch_compile=torch_compile,
         generator=generator,
         generator_name=generator_name,
         generator_dtype=generator_dtype,

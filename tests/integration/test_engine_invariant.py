@@ -190,3 +190,15 @@ def test_only_safetensors_are_loaded(tmp_path: Path, tiny_llama: Path) -> None:
     (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(ValueError, match="safetensors"):
         RewardEngine.load(tmp_path, Settings(model=tmp_path))
+
+
+def test_torch_compile_gives_the_same_scores(tiny_llama: Path) -> None:
+    eager = _load(tiny_llama, "sequential")
+    compiled = RewardEngine.load(tiny_llama, Settings(model=tiny_llama, torch_compile=True))
+    assert compiled._base is not eager._base and type(compiled._base).__name__ == "OptimizedModule"
+    rng = random.Random(5)
+    inputs = _inputs(rng, 9)
+    enc = [eager.encode(x, truncate=False) for x in inputs]
+    want = [o.score for o in eager.run(eager.prepare(enc))]
+    got = [o.score for o in compiled.run(compiled.prepare(enc))]
+    assert got == pytest.approx(want, abs=TOL)

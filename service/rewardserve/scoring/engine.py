@@ -145,7 +145,7 @@ class RewardEngine:
             str(path), trust_remote_code=settings.trust_remote_code, local_files_only=True
         )
         max_len = settings.max_input_tokens or _model_max_len(model.config, tokenizer)
-        return cls(
+        engine = cls(
             model,
             tokenizer,
             name=name or settings.model_name,
@@ -156,6 +156,10 @@ class RewardEngine:
             score_activation=settings.score_activation,
             objective=settings.objective,
         )
+        if settings.torch_compile and engine.decoder_head:
+            # dynamic=True: one graph for every sequence length instead of one compile per length.
+            engine._base = torch.compile(engine._base, dynamic=True)
+        return engine
 
     def _choose_strategy(self, wanted: BatchStrategy) -> Strategy:
         if wanted == "packed" and not self.packable:
