@@ -39,6 +39,7 @@ from rewardserve.generation.types import (
     SampleDelta,
     SamplingOptions,
 )
+from rewardserve.inflight import InFlight
 from rewardserve.metrics import Metrics
 from rewardserve.scoring.batcher import Draining
 
@@ -65,9 +66,7 @@ class GenerationService:
         self._gate = asyncio.Event()  # open except while weights are swapped
         self._gate.set()
         self._reload_lock = asyncio.Lock()
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._calls = InFlight()
         self._closed = False
         self.active: set[str] = set()  # vLLM request ids submitted and not finished
         self.aborted: deque[str] = deque(maxlen=_ABORTED_KEPT)  # ids aborted before they finished
@@ -76,7 +75,7 @@ class GenerationService:
 
     @property
     def in_flight(self) -> int:
-        return self._in_flight
+        return self._calls.count
 
     @property
     def reloading(self) -> bool:
@@ -85,11 +84,7 @@ class GenerationService:
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no call is in flight. True if idle before the timeout."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await self._calls.wait_idle(timeout)
 
     async def close(self) -> None:
         """Refuse new calls, abort what is still running, stop the engine processes."""
@@ -224,14 +219,8 @@ class GenerationService:
                 raise NotReady("policy weights are being reloaded; retry shortly") from None
         if self._closed:
             raise Draining("server is draining")
-        self._in_flight += 1
-        self._idle.clear()
-        try:
+        with self._calls.track():
             yield self.weights_version
-        finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
 
     @contextlib.asynccontextmanager
     async def _tracked(self, request_id: str) -> AsyncIterator[Any]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from rewardserve.config import Settings
 from rewardserve.errors import InputError, ModelNotFound
+from rewardserve.inflight import InFlight
 from rewardserve.metrics import Metrics
 from rewardserve.scoring.batcher import Batcher, BatchStats
 from rewardserve.scoring.engine import Prepared, RewardEngine
@@ -74,9 +75,7 @@ class ScoringService:
         )
         # One thread: HF fast tokenizers raise "Already borrowed" when two threads use one at once.
         self._tokenize = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rewardserve-tokenize")
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._calls = InFlight()
         info = engine.info
         self.metrics.model_info.labels(
             info.name, info.architecture, info.dtype, info.device, info.head, info.batch_strategy
@@ -93,15 +92,11 @@ class ScoringService:
 
     @property
     def in_flight(self) -> int:
-        return self._in_flight
+        return self._calls.count
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no call is in flight (drain). True if idle before the timeout."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await self._calls.wait_idle(timeout)
 
     def models(self) -> list[ModelInfo]:
         return [self.engine.info]
@@ -129,18 +124,12 @@ class ScoringService:
             return []
         deadline = time.monotonic() + (timeout if timeout is not None else self.settings.request_timeout_s)
         self.batcher.check_admission()
-        self._in_flight += 1
-        self._idle.clear()
-        try:
+        with self._calls.track():
             loop = asyncio.get_running_loop()
             t0 = time.perf_counter()
             encoded = await loop.run_in_executor(self._tokenize, self._encode_all, list(inputs), truncate)
             self.metrics.tokenize_duration.labels(self.name).observe(time.perf_counter() - t0)
             outputs = await self.batcher.submit(encoded, [e.n_tokens for e in encoded], deadline=deadline)
-        finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
         self._observe(inputs, outputs)
         return outputs
 
