@@ -46,6 +46,7 @@ RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 
 from bench_scoring import _serve_and_load, build_workload  # noqa: E402
+from loadgen import CLIENTS, post_all  # noqa: E402
 
 # Engine settings shared by every generation run (a) - (c): CPU-friendly, as the tests use.
 MAX_MODEL_LEN = 1024
@@ -237,36 +238,12 @@ def bench_generation(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 # --- part 2: scoring vs vLLM pooling --------------------------------------------------------------
 
 
-async def _load_classify(url: str, model: str, texts: list[str], concurrency: int) -> dict[str, Any]:
-    """Same shape as bench_scoring's /get_reward load: one text per request, C workers."""
-    latencies: list[float] = []
-    rewards = [0.0] * len(texts)
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(len(texts)):
-        queue.put_nowait(i)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
-
-        async def worker() -> None:
-            while not queue.empty():
-                i = queue.get_nowait()
-                t0 = time.perf_counter()
-                body = {"model": model, "input": texts[i], "use_activation": False}
-                r = await client.post("/classify", json=body)
-                r.raise_for_status()
-                latencies.append(time.perf_counter() - t0)
-                rewards[i] = r.json()["data"][0]["probs"][0]
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-    latencies.sort()
-    return {
-        "wall_s": wall,
-        "p50_ms": 1000 * statistics.median(latencies),
-        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
-        "rewards": rewards,
-    }
+async def _load_classify(
+    url: str, model: str, texts: list[str], concurrency: int, client: str
+) -> dict[str, Any]:
+    """Same shape as bench_scoring's /get_reward load (same load generator): one text per request."""
+    payloads = [{"model": model, "input": t, "use_activation": False} for t in texts]
+    return await post_all(url, "/classify", payloads, concurrency, lambda r: r["data"][0]["probs"][0], client)
 
 
 def bench_scoring_vs_vllm(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -283,6 +260,7 @@ def bench_scoring_vs_vllm(args: argparse.Namespace, tmp: Path) -> dict[str, Any]
             _env(),
             texts,
             args.concurrency,
+            args.client,
         )
     ]
     port = _free_port()
@@ -292,11 +270,14 @@ def bench_scoring_vs_vllm(args: argparse.Namespace, tmp: Path) -> dict[str, Any]
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model)]
     cmd += ["--runner", "pooling", "--pooler-config", pooler]
     cmd += ["--port", str(port), "--host", "127.0.0.1", "--dtype", "float32", "--max-model-len", "2048"]
-    cmd += ["--enforce-eager", "--kv-cache-memory-bytes", str(KV_CACHE_BYTES), "--disable-log-stats"]
+    cmd += ["--kv-cache-memory-bytes", str(KV_CACHE_BYTES), "--disable-log-stats"]
+    if args.vllm_eager:
+        cmd += ["--enforce-eager"]
     proc, url = _start_server(cmd, "/health")
     try:
-        asyncio.run(_load_classify(url, str(model), texts[: max(8, len(texts) // 16)], args.concurrency))
-        result = asyncio.run(_load_classify(url, str(model), texts, args.concurrency))
+        warm = texts[: max(8, len(texts) // 16)]
+        asyncio.run(_load_classify(url, str(model), warm, args.concurrency, args.client))
+        result = asyncio.run(_load_classify(url, str(model), texts, args.concurrency, args.client))
     finally:
         _stop(proc)
     result["name"] = "(e) vLLM pooling /classify"
@@ -334,6 +315,12 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip", choices=["generation", "scoring"], help="run only the other part")
+    ap.add_argument("--client", choices=CLIENTS, default="raw", help="HTTP load generator (see loadgen.py)")
+    ap.add_argument(
+        "--vllm-eager",
+        action="store_true",
+        help="run vLLM's pooling server with --enforce-eager (no compile)",
+    )
     ap.add_argument("--offline", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.offline:

@@ -34,6 +34,8 @@ from typing import Any
 
 import httpx
 
+from loadgen import CLIENTS, post_all
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
@@ -58,35 +60,16 @@ def build_workload(model_dir: Path, n: int, seed: int) -> tuple[list[str], list[
     return texts, tokens
 
 
-async def _load(url: str, texts: list[str], concurrency: int) -> dict[str, Any]:
+async def _load(url: str, texts: list[str], concurrency: int, client: str = "raw") -> dict[str, Any]:
     """Send every text as its own /get_reward request with `concurrency` clients; time each."""
-    latencies: list[float] = []
-    rewards: list[float] = [0.0] * len(texts)
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(len(texts)):
-        queue.put_nowait(i)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+    payloads = [{"query": [t]} for t in texts]
+    return await post_all(url, "/get_reward", payloads, concurrency, lambda r: r["rewards"][0], client)
 
-        async def worker() -> None:
-            while not queue.empty():
-                i = queue.get_nowait()
-                t0 = time.perf_counter()
-                r = await client.post("/get_reward", json={"query": [texts[i]]})
-                r.raise_for_status()
-                latencies.append(time.perf_counter() - t0)
-                rewards[i] = r.json()["rewards"][0]
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-    latencies.sort()
-    return {
-        "wall_s": wall,
-        "p50_ms": 1000 * statistics.median(latencies),
-        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
-        "rewards": rewards,
-    }
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _start(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
@@ -116,12 +99,14 @@ def _start(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], 
 
 
 def _serve_and_load(
-    name: str, cmd: list[str], env: dict[str, str], texts: list[str], conc: int
+    name: str, cmd: list[str], env: dict[str, str], texts: list[str], conc: int, client: str = "raw"
 ) -> dict[str, Any]:
     proc, url = _start(cmd, env)
     try:
-        asyncio.run(_load(url, texts[: max(8, len(texts) // 16)], conc))  # warm-up pass, not timed
-        result = asyncio.run(_load(url, texts, conc))
+        asyncio.run(_load(url, texts[: max(8, len(texts) // 16)], conc, client))  # warm-up, not timed
+        cpu0 = _cpu_s(proc.pid)
+        result = asyncio.run(_load(url, texts, conc, client))
+        result["server_cpu_s"] = _cpu_s(proc.pid) - cpu0
         result["peak_rss_mb"] = _peak_rss_mb(proc.pid)
     finally:
         proc.terminate()
@@ -234,7 +219,10 @@ def _serve_and_load_grpc(
 
     try:
         load(texts[: max(8, len(texts) // 16)])  # warm-up pass, not timed
+        cpu0, client0 = _cpu_s(proc.pid), time.process_time()
         result = load(texts)
+        result["server_cpu_s"] = _cpu_s(proc.pid) - cpu0
+        result["client_cpu_s"] = time.process_time() - client0
         result["peak_rss_mb"] = _peak_rss_mb(proc.pid)
     finally:
         proc.terminate()
@@ -253,15 +241,21 @@ def direct(model_dir: Path, texts_file: Path) -> None:
     settings = Settings(model=model_dir)
     engine = RewardEngine.load(model_dir, settings)
     engine.warmup()
-    t0 = time.perf_counter()
-    enc = [engine.encode(ScoreInput(text=t), truncate=True) for t in texts]
-    outs = engine.score_encoded(enc, settings.max_batch_tokens, settings.max_batch_rows)
-    wall = time.perf_counter() - t0
+
+    def score(some: list[str]) -> list[Any]:
+        enc = [engine.encode(ScoreInput(text=t), truncate=True) for t in some]
+        return engine.score_encoded(enc, settings.max_batch_tokens, settings.max_batch_rows)
+
+    score(texts[: max(8, len(texts) // 16)])  # the same untimed warm-up pass the servers get
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    outs = score(texts)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     print(
         json.dumps(
             {
                 "name": "engine direct",
                 "wall_s": wall,
+                "server_cpu_s": cpu,
                 "rewards": [o.score for o in outs],
                 "peak_rss_mb": _peak_rss_mb(os.getpid()),
                 "strategy": engine.strategy,
@@ -275,6 +269,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=512)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--client", choices=CLIENTS, default="raw", help="HTTP load generator (see loadgen.py)")
     ap.add_argument("--direct", nargs=2, metavar=("MODEL_DIR", "TEXTS_JSON"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.direct:
@@ -299,6 +294,7 @@ def main() -> None:
                 env,
                 texts,
                 args.concurrency,
+                args.client,
             ),
             _serve_and_load(
                 "(b) naive per-request",
@@ -306,6 +302,7 @@ def main() -> None:
                 env,
                 texts,
                 args.concurrency,
+                args.client,
             ),
         ]
         out = subprocess.run(
@@ -332,6 +329,8 @@ def main() -> None:
                 "p50_ms": r.get("p50_ms"),
                 "p99_ms": r.get("p99_ms"),
                 "peak_rss_mb": r["peak_rss_mb"],
+                "server_cpu_s": r.get("server_cpu_s"),
+                "client_cpu_s": r.get("client_cpu_s"),
                 "max_abs_reward_diff_vs_c": diff,
             }
         )
@@ -359,21 +358,25 @@ def main() -> None:
         },
         "rows": rows,
         "summary": summary,
+        "client": args.client,
         "command": "python bench/bench_scoring.py " + " ".join(sys.argv[1:]),
     }
     print(
         f"\n{len(texts)} requests, {total_tokens} tokens (median {statistics.median(tokens):.0f}, "
         f"max {max(tokens)}), {args.concurrency} concurrent clients, {os.cpu_count()} cores\n"
     )
-    header = ("server", "tok/s", "req/s", "p50 ms", "p99 ms", "peak RSS MB")
-    print("| {:24} | {:>8} | {:>7} | {:>8} | {:>8} | {:>11} |".format(*header))
-    print(f"|{'-' * 26}|{'-' * 10}|{'-' * 9}|{'-' * 10}|{'-' * 10}|{'-' * 13}|")
+    header = ("server", "tok/s", "req/s", "p50 ms", "p99 ms", "peak RSS MB", "server CPU s", "client CPU s")
+    print("| {:27} | {:>8} | {:>7} | {:>8} | {:>8} | {:>11} | {:>12} | {:>12} |".format(*header))
+    print("|" + "|".join("-" * (w + 2) for w in (27, 8, 7, 8, 8, 11, 12, 12)) + "|")
+
+    def num(v: float | None, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
     for r in rows:
-        p50 = f"{r['p50_ms']:.0f}" if r["p50_ms"] is not None else "-"
-        p99 = f"{r['p99_ms']:.0f}" if r["p99_ms"] is not None else "-"
-        rss = r["peak_rss_mb"]
         print(
-            f"| {r['name']:24} | {r['tok_s']:8.0f} | {r['req_s']:7.1f} | {p50:>8} | {p99:>8} | {rss:11.0f} |"
+            f"| {r['name']:27} | {r['tok_s']:8.0f} | {r['req_s']:7.1f} | {num(r['p50_ms'], '.0f'):>8} "
+            f"| {num(r['p99_ms'], '.0f'):>8} | {r['peak_rss_mb']:11.0f} "
+            f"| {num(r['server_cpu_s'], '.1f'):>12} | {num(r['client_cpu_s'], '.1f'):>12} |"
         )
     print(
         f"\na/c = {summary['a_over_c']:.2f}  a/b = {summary['a_over_b']:.2f}  "

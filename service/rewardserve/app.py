@@ -52,13 +52,14 @@ async def load_scoring(settings: Settings, metrics: Metrics | None = None) -> Sc
     await service.start()
     info = engine.info
     log.info(
-        "model %r ready: %s on %s/%s, max %d tokens, %s batches",
+        "model %r ready: %s on %s/%s, max %d tokens, %s batches, %s kernels",
         info.name,
         info.architecture,
         info.device,
         info.dtype,
         info.max_input_tokens,
         info.batch_strategy,
+        info.kernels,
     )
     return service
 

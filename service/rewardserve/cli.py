@@ -60,6 +60,9 @@ def serve(
     torch_compile: Annotated[
         bool | None, typer.Option(help="torch.compile the decoder at load (slower start, faster forwards).")
     ] = None,
+    fused_cpu: Annotated[
+        bool | None, typer.Option(help="CPU: fused oneDNN forward for Llama/Mistral/Qwen (default on).")
+    ] = None,
     generator: Annotated[
         Path | None,
         typer.Option(help="Policy model dir for /v1/generate, /v1/rollout (vLLM).", rich_help_panel=_GEN),
@@ -100,6 +103,7 @@ def serve(
         grpc_port=grpc_port,
         trust_remote_code=trust_remote_code,
         torch_compile=torch_compile,
+        fused_cpu=fused_cpu,
         generator=generator,
         generator_name=generator_name,
         generator_dtype=generator_dtype,

@@ -224,7 +224,7 @@ class Metrics:
         self.model_info = Gauge(
             "rewardserve_model_info",
             "Served models (value 1) and how they run.",
-            ["model", "architecture", "dtype", "device", "head", "batch_strategy"],
+            ["model", "architecture", "dtype", "device", "head", "batch_strategy", "kernels"],
             registry=r,
         )
         self.reward = Histogram(

@@ -260,7 +260,8 @@ def test_dashboard_queries_through_real_prometheus(
     assert scalar("sum(rewardserve_inputs_scored_total)") == len(scores)
     assert scalar("sum(rewardserve_batch_size_sum)") == len(scores)  # each input in exactly one batch
     (info,) = panel("Served models")
-    assert info["metric"]["model"] == "default" and info["metric"]["batch_strategy"] == "sequential"
+    assert info["metric"]["model"] == "default" and info["metric"]["batch_strategy"] == "packed"
+    assert info["metric"]["kernels"].startswith("fused")
 
     # Rates and quantiles: consistent with what was sent.
     assert one(panel("Requests / s"), transport="http", endpoint="/v1/score", code="200") > 0

@@ -6,6 +6,7 @@ loaded model called the way a user would call it: ``model(**tokenizer(text))``.
 
 from __future__ import annotations
 
+import itertools
 import random
 from pathlib import Path
 
@@ -97,8 +98,9 @@ def _reference(path: Path, engine: RewardEngine, inputs: list[ScoreInput]) -> li
     return out
 
 
-def _load(path: Path, strategy: str) -> RewardEngine:
-    return RewardEngine.load(path, Settings(model=path, batch_strategy=strategy))  # type: ignore[arg-type]
+def _load(path: Path, strategy: str, fused: bool = True) -> RewardEngine:
+    settings = Settings(model=path, batch_strategy=strategy, fused_cpu=fused)  # type: ignore[arg-type]
+    return RewardEngine.load(path, settings)
 
 
 def _run_in_random_batches(engine: RewardEngine, enc: list[Encoded], rng: random.Random) -> list[list[float]]:
@@ -122,14 +124,18 @@ def test_all_strategies_match_plain_forward(arch: str, request: pytest.FixtureRe
     rng = random.Random(hash(arch) % 1000)
     inputs = _inputs(rng, 24)
     results = {}
-    for strategy in ("packed", "padded", "sequential"):
-        engine = _load(path, strategy)
+    # Decoders run each strategy twice: through the fused CPU forward and through transformers' modules.
+    for strategy, fused in itertools.product(("packed", "padded", "sequential"), (True, False)):
+        engine = _load(path, strategy, fused)
         if arch == "tiny_bert" and strategy == "packed":
             assert engine.strategy == "padded"  # bidirectional encoders are never packed
         else:
             assert engine.strategy == strategy
+        want_fused = fused and arch != "tiny_bert"
+        assert (engine.fused is not None) == want_fused, engine.info.kernels
+        assert engine.info.kernels.startswith("fused") == want_fused
         enc = [engine.encode(x, truncate=False) for x in inputs]
-        results[strategy] = _run_in_random_batches(engine, enc, rng)
+        results[f"{strategy} {engine.info.kernels}"] = _run_in_random_batches(engine, enc, rng)
     ref = _reference(path, engine, inputs)
     spread = max(abs(r[0]) for r in ref) - min(abs(r[0]) for r in ref)
     assert spread > 1e-3, "rewards are all alike: the test would not catch a mix-up"
@@ -193,8 +199,8 @@ def test_only_safetensors_are_loaded(tmp_path: Path, tiny_llama: Path) -> None:
 
 
 def test_torch_compile_gives_the_same_scores(tiny_llama: Path) -> None:
-    eager = _load(tiny_llama, "sequential")
-    compiled = RewardEngine.load(tiny_llama, Settings(model=tiny_llama, torch_compile=True))
+    eager = _load(tiny_llama, "sequential", fused=False)
+    compiled = RewardEngine.load(tiny_llama, Settings(model=tiny_llama, torch_compile=True, fused_cpu=False))
     assert compiled._base is not eager._base and type(compiled._base).__name__ == "OptimizedModule"
     rng = random.Random(5)
     inputs = _inputs(rng, 9)

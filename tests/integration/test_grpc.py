@@ -203,6 +203,7 @@ def test_list_models(stub: pb_grpc.RewardServiceStub, http: httpx.Client) -> Non
         want["head"],
     )
     assert card.batch_strategy == want["batch_strategy"] and card.chat_template == want["chat_template"]
+    assert card.kernels == want["kernels"] and want["kernels"] in ("fused-onednn", "fused")
 
 
 def test_compare_is_bradley_terry_on_both_transports(

@@ -57,7 +57,8 @@ async def test_metrics_count_what_happened(client: httpx.AsyncClient) -> None:
     assert not math.isnan(s[("rewardserve_reward_length_correlation", model)])
     assert any(k[0] == "process_resident_memory_bytes" for k in s)
     info = [k for k in s if k[0] == "rewardserve_model_info"]
-    assert len(info) == 1 and dict(info[0][1])["batch_strategy"] == "sequential"
+    labels = dict(info[0][1])
+    assert len(info) == 1 and labels["batch_strategy"] == "packed" and labels["kernels"].startswith("fused")
 
 
 def test_rolling_correlation() -> None:

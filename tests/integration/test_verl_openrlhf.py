@@ -25,6 +25,10 @@ import rewardserve.client.verl as verl_module
 from rewardserve.config import Settings
 from rewardserve.testing.server_thread import ServerThread
 
+# The same input scored in differently composed batches: the fused CPU forward's oneDNN kernels
+# depend on the batch's row count, so the last bits of a reward (~2e-7 seen) can differ between calls.
+BATCH_TOL = 1e-6
+
 QUESTIONS = ["What is 2+2?", "Name a colour.", "Say hi.", "Why is the sky blue?"]
 ANSWERS = ["4", "Blue, like the sky.", "hi!", "Rayleigh scattering of sunlight."]
 
@@ -107,13 +111,13 @@ def test_verl_compute_score_equals_v1_score(srv: ServerThread, monkeypatch: pyte
         compute_score(data_source="gsm8k", solution_str="4", ground_truth="4", extra_info=info)
         for info, _ in cases
     ]
-    assert got == pytest.approx(expected, abs=1e-9)
+    assert got == pytest.approx(expected, abs=BATCH_TOL)
     assert all(isinstance(x, float) for x in got)
     # The reward loop passes extra keyword arguments; they are accepted and ignored.
     again = compute_score(
         data_source="x", solution_str="4", ground_truth=None, extra_info=None, reward_router_address=None
     )
-    assert again == pytest.approx(expected[3], abs=1e-9)
+    assert again == pytest.approx(expected[3], abs=BATCH_TOL)
 
 
 def test_verl_url_from_extra_info_wins_and_a_missing_url_says_how_to_fix(
@@ -123,7 +127,7 @@ def test_verl_url_from_extra_info_wins_and_a_missing_url_says_how_to_fix(
     info = {"rewardserve_url": f"grpc://{srv.grpc_target}", "prompt": QUESTIONS[1]}
     got = verl_module.compute_score("ds", ANSWERS[1], None, info)
     assert got == pytest.approx(
-        _v1_score(srv, [{"prompt": QUESTIONS[1], "response": ANSWERS[1]}])[0], abs=1e-9
+        _v1_score(srv, [{"prompt": QUESTIONS[1], "response": ANSWERS[1]}])[0], abs=BATCH_TOL
     )
     monkeypatch.delenv(verl_module.URL_ENV)
     with pytest.raises(ValueError, match=verl_module.URL_ENV):
@@ -150,7 +154,7 @@ def test_verl_batched_and_async_forms_equal_v1_score(
     kwargs = {"data_sources": ["ds"] * n, "solution_strs": solutions, "ground_truths": [None] * n}
 
     batch = _load_like_verl("compute_score_batch")
-    assert batch(**kwargs, extra_infos=infos) == pytest.approx(expected, abs=1e-9)
+    assert batch(**kwargs, extra_infos=infos) == pytest.approx(expected, abs=BATCH_TOL)
 
     batch_async = _load_like_verl("compute_score_batch_async")
     one_async = _load_like_verl("compute_score_async")
@@ -170,8 +174,8 @@ def test_verl_batched_and_async_forms_equal_v1_score(
         return batched, list(singles)
 
     batched, singles = asyncio.run(run())
-    assert batched == pytest.approx(expected, abs=1e-9)
-    assert singles == pytest.approx(expected, abs=1e-9)
+    assert batched == pytest.approx(expected, abs=BATCH_TOL)
+    assert singles == pytest.approx(expected, abs=BATCH_TOL)
 
 
 # --- OpenRLHF --------------------------------------------------------------------------------------

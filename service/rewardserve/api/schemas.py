@@ -114,6 +114,7 @@ class ModelCard(BaseModel):
     objectives: list[str]
     batch_strategy: str
     chat_template: bool
+    kernels: str
 
     @classmethod
     def of(cls, info: ModelInfo) -> ModelCard:

@@ -119,6 +119,7 @@ def _models_json(r: reward_pb2.ListModelsResponse) -> JSON:
             "objectives": list(m.objectives),
             "batch_strategy": m.batch_strategy,
             "chat_template": m.chat_template,
+            "kernels": m.kernels,
         }
         for m in r.models
     ]

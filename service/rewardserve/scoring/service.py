@@ -78,7 +78,7 @@ class ScoringService:
         self._calls = InFlight()
         info = engine.info
         self.metrics.model_info.labels(
-            info.name, info.architecture, info.dtype, info.device, info.head, info.batch_strategy
+            info.name, info.architecture, info.dtype, info.device, info.head, info.batch_strategy, info.kernels
         ).set(1)
         batcher = self.batcher
         self.metrics.queue_probes[self.name] = lambda: (batcher.queued_requests, batcher.queued_tokens)

@@ -59,6 +59,7 @@ class ModelInfo:
     objectives: tuple[str, ...] = field(default_factory=tuple)
     batch_strategy: str = "sequential"
     has_chat_template: bool = False
+    kernels: str = "transformers"
 
     def card(self) -> dict[str, Any]:
         """What both transports report for this model (HTTP /v1/models, gRPC ListModels)."""
@@ -73,4 +74,5 @@ class ModelInfo:
             "objectives": list(self.objectives),
             "batch_strategy": self.batch_strategy,
             "chat_template": self.has_chat_template,
+            "kernels": self.kernels,
         }
