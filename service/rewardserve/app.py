@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
 import uvicorn
 
 from rewardserve.api.grpc import GrpcServer
@@ -52,7 +53,7 @@ async def load_scoring(settings: Settings, metrics: Metrics | None = None) -> Sc
     await service.start()
     info = engine.info
     log.info(
-        "model %r ready: %s on %s/%s, max %d tokens, %s batches, %s kernels",
+        "model %r ready: %s on %s/%s, max %d tokens, %s batches, %s kernels, %d at once x %d threads",
         info.name,
         info.architecture,
         info.device,
@@ -60,6 +61,8 @@ async def load_scoring(settings: Settings, metrics: Metrics | None = None) -> Sc
         info.max_input_tokens,
         info.batch_strategy,
         info.kernels,
+        engine.workers,
+        torch.get_num_threads(),
     )
     return service
 

@@ -71,7 +71,11 @@ class Settings(BaseSettings):
     small model (more on big ones) and buys less Python per forward: +17% tok/s for the benchmark model
     on this CPU with the engine alone. Off by default so start-up (and the test suite) stays fast."""
     torch_threads: int | None = Field(default=None, ge=1, le=1024)
-    """torch intra-op threads for CPU inference. Unset: torch's default (all cores)."""
+    """torch intra-op threads for CPU inference. Unset: the cores divided among the compute workers."""
+    compute_workers: int | None = Field(default=None, ge=1, le=64)
+    """Batches that run at once, each on its own thread. Unset: 2 on a CPU with two or more cores (each
+    batch on half the cores: a forward split over all cores stalls at every barrier when the server's
+    own threads take one of them), 1 on CUDA."""
 
     # --- batching ----------------------------------------------------------------------------
     max_batch_tokens: int = Field(default=16_384, ge=16, le=10_000_000)

@@ -85,3 +85,57 @@ def test_engine_setting_turns_it_off(tiny_llama: Path) -> None:
     assert engine.fused is None and engine.info.kernels == "transformers"
     assert engine.strategy == "sequential"  # the CPU default for transformers' own modules
     assert engine.info.card()["kernels"] == "transformers"
+
+
+def test_scripted_stack_equals_the_same_stack_run_as_python(tiny_qwen3: Path) -> None:
+    """The server runs the TorchScript-compiled stack (no GIL held); it must be the Python one, exactly."""
+    model = _plain(tiny_qwen3)
+    scripted = fused.FusedDecoder.build(model, 512)
+    assert scripted is not None and scripted.scripted
+    plain = fused.FusedDecoder(model.base_model, model.config, onednn=scripted.onednn, script=False)
+    assert not plain.scripted
+    seqs = _random_seqs(model.config.vocab_size, 7, seed=4)
+    ids = torch.tensor([t for s in seqs for t in s])
+    positions = torch.cat([torch.arange(len(s)) for s in seqs])
+    cu = [0]
+    for s in seqs:
+        cu.append(cu[-1] + len(s))
+    read = [c - 1 for c in cu[1:]]
+    with torch.inference_mode():
+        a, b = scripted.forward(ids, positions, cu, read), plain.forward(ids, positions, cu, read)
+    assert a.shape == (len(seqs), model.config.hidden_size)
+    assert torch.allclose(a, b, atol=1e-6, rtol=0)
+
+
+def test_groups_split_a_big_batch_without_changing_scores(
+    tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = RewardEngine.load(tiny_llama, Settings(model=tiny_llama))
+    seqs = _random_seqs(engine.tokenizer.vocab_size, 12, seed=5, lo=20, hi=60)
+    whole = [o.score for o in engine.run(engine.prepare([Encoded(s) for s in seqs]))]
+    monkeypatch.setattr(fused, "GROUP_TOKENS", 100)  # ~2-4 sequences per group
+    grouped = [o.score for o in engine.run(engine.prepare([Encoded(s) for s in seqs]))]
+    assert grouped == pytest.approx(whole, abs=1e-6)
+    assert grouped == pytest.approx(_plain_scores(_plain(tiny_llama), seqs), abs=TOL)
+
+
+def test_score_encoded_runs_workers_at_once_and_keeps_order(tiny_llama: Path) -> None:
+    engine = RewardEngine.load(tiny_llama, Settings(model=tiny_llama, compute_workers=3))
+    assert engine.workers == 3
+    seqs = _random_seqs(engine.tokenizer.vocab_size, 30, seed=6)
+    outs = engine.score_encoded([Encoded(s) for s in seqs], max_batch_tokens=128, max_rows=4)
+    assert [o.tokens for o in outs] == [len(s) for s in seqs]
+    assert [o.score for o in outs] == pytest.approx(_plain_scores(_plain(tiny_llama), seqs), abs=TOL)
+
+
+def test_compute_layout_splits_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rewardserve.scoring.engine import compute_layout
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr("os.sched_getaffinity", lambda _: set(range(8)))
+    assert compute_layout(Settings(), cpu) == (2, 4)
+    assert compute_layout(Settings(compute_workers=4), cpu) == (4, 2)
+    assert compute_layout(Settings(torch_threads=3), cpu) == (2, 3)
+    assert compute_layout(Settings(), cuda) == (1, None)
+    monkeypatch.setattr("os.sched_getaffinity", lambda _: {0})
+    assert compute_layout(Settings(), cpu) == (1, 1)

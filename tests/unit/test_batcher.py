@@ -564,17 +564,50 @@ async def test_close_without_drain_fails_everything_at_once(make_batcher: MakeBa
     assert_idle(batcher)
 
 
+# --- several compute workers ---------------------------------------------------------------------
+
+
+async def test_workers_run_batches_at_once_and_one_is_formed_ahead(make_batcher: MakeBatcher) -> None:
+    batcher, model = await make_batcher(max_batch_tokens=1, workers=2)
+    model.gate.clear()
+    tasks = [asyncio.create_task(batcher.submit([i], [1])) for i in range(4)]
+    # Two batches in run at once (one per worker), the third formed and prepared, the fourth queued.
+    await eventually(lambda: len(model.batches) == 2, "two batches to be in run together")
+    await eventually(lambda: len(model.prepared) == 3, "a third batch to be prepared behind them")
+    assert batcher.queued_items == 1  # the fourth waits: only one batch is ever formed ahead
+    model.gate.set()
+    assert await asyncio.gather(*tasks) == [[0], [2], [4], [6]]
+    assert sorted(map(tuple, model.batches)) == [(0,), (1,), (2,), (3,)]
+    assert_idle(batcher)
+
+
+def test_workers_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="workers"):
+        Batcher(
+            prepare=list,
+            run=list,
+            batch_cost=packed,
+            max_batch_tokens=1,
+            max_batch_rows=1,
+            max_queued_requests=1,
+            max_queued_tokens=1,
+            workers=0,
+        )
+
+
 # --- stress ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-async def test_stress_every_submit_returns_or_raises(make_batcher: MakeBatcher, seed: int) -> None:
+@pytest.mark.parametrize(("seed", "workers"), [(0, 1), (1, 1), (2, 1), (3, 3)])
+async def test_stress_every_submit_returns_or_raises(
+    make_batcher: MakeBatcher, seed: int, workers: int
+) -> None:
     rng = random.Random(seed)
     oom_rng = random.Random(seed + 1000)  # used from the compute thread
     loop = asyncio.get_running_loop()
     loop_errors: list[dict[str, Any]] = []
     loop.set_exception_handler(lambda _, context: loop_errors.append(context))
-    batcher, model = await make_batcher(max_batch_tokens=32, max_batch_rows=8)
+    batcher, model = await make_batcher(max_batch_tokens=32, max_batch_rows=8, workers=workers)
     model.delay = 0.0002
     model.poison = set(range(7, 1200, 40))
     model.oom_if = lambda batch: len(batch) > 6 and oom_rng.random() < 0.5

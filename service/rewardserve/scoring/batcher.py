@@ -14,6 +14,10 @@ Design (ARCHITECTURE.md, "The batcher"; TEI ``core/src/queue.rs``, Ray Serve ``_
   (a semaphore slot), so batch N+1 is formed and prepared while batch N computes, and never more than one
   batch is formed ahead (it would freeze items into a batch too early). There is no wait timer: an idle
   former sleeps on an ``asyncio.Event`` that ``submit`` sets, so a lone request starts at once.
+  With ``workers`` > 1, that many runners (and compute threads) take batches from the one channel, so
+  several batches run at once: on a CPU, two single-threaded forwards lose less to a core taken by the
+  server's own threads than one forward split over two threads, which waits at every barrier for the
+  preempted half (measured: 31.6k vs 28.1k tok/s with 20% of a core taken, 35k vs 35k without).
 * Right before ``run``, items whose request is already resolved (cancelled by the client, failed by a
   sibling item, timed out) are dropped and the rest re-prepared: they must never cost device time.
 * A deadline is a timer that fails the request's future directly, so the caller gets
@@ -133,8 +137,10 @@ class Batcher(Generic[T, P, R]):
         max_queued_tokens: int,
         on_batch: Callable[[BatchStats], None] | None = None,
         name: str = "default",
+        workers: int = 1,
     ) -> None:
         for what, value in (
+            ("workers", workers),
             ("max_batch_tokens", max_batch_tokens),
             ("max_batch_rows", max_batch_rows),
             ("max_queued_requests", max_queued_requests),
@@ -152,6 +158,7 @@ class Batcher(Generic[T, P, R]):
         self._max_queued_tokens = max_queued_tokens
         self._on_batch = on_batch
         self._name = name
+        self._workers = workers
         self._queue: deque[_Item[T, R]] = deque()
         self._requests: set[_Request[T, R]] = set()
         self._queued_items = 0
@@ -199,12 +206,16 @@ class Batcher(Generic[T, P, R]):
             raise RuntimeError("Batcher.start() was already called")
         if self._closed:
             raise Draining("the batcher was closed; build a new one")
-        # One thread each: prepare (CPU) overlaps run (device), and each side stays in order.
+        # prepare (CPU) overlaps run (device); one prepare thread keeps batches in order, and each
+        # runner has its own compute thread.
         self._prepare_pool = ThreadPoolExecutor(1, thread_name_prefix=f"rewardserve-{self._name}-prepare")
-        self._compute_pool = ThreadPoolExecutor(1, thread_name_prefix=f"rewardserve-{self._name}-compute")
-        self._tasks = [
-            asyncio.create_task(self._form_loop(), name=f"batcher-{self._name}-former"),
-            asyncio.create_task(self._run_loop(), name=f"batcher-{self._name}-runner"),
+        self._compute_pool = ThreadPoolExecutor(
+            self._workers, thread_name_prefix=f"rewardserve-{self._name}-compute"
+        )
+        self._tasks = [asyncio.create_task(self._form_loop(), name=f"batcher-{self._name}-former")]
+        self._tasks += [
+            asyncio.create_task(self._run_loop(), name=f"batcher-{self._name}-runner-{i}")
+            for i in range(self._workers)
         ]
         for task in self._tasks:
             task.add_done_callback(self._on_task_done)

@@ -9,7 +9,9 @@ call from several threads at once ("Already borrowed").
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -71,10 +73,12 @@ class RewardEngine:
         score_activation: Literal["none", "sigmoid"] = "none",
         objective: str | None = None,
         fused_cpu: bool = False,
+        workers: int = 1,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
+        self.workers = workers  # batches run at once (the batcher's runners, score_encoded's threads)
         self.max_input_tokens = max_input_tokens
         self.truncation_side = truncation_side
         self.score_activation = score_activation
@@ -131,8 +135,9 @@ class RewardEngine:
             )
         device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, device)
-        if settings.torch_threads is not None:
-            torch.set_num_threads(settings.torch_threads)
+        workers, threads = compute_layout(settings, device)
+        if threads is not None:
+            torch.set_num_threads(threads)
         attn = packing.register()
         common: dict[str, Any] = {
             "trust_remote_code": settings.trust_remote_code,
@@ -160,6 +165,7 @@ class RewardEngine:
             score_activation=settings.score_activation,
             objective=settings.objective,
             fused_cpu=settings.fused_cpu,
+            workers=workers,
         )
         if settings.torch_compile and engine.fused is not None:
             log.info("--torch-compile ignored: the fused CPU forward already runs this model")
@@ -284,18 +290,22 @@ class RewardEngine:
     def score_encoded(
         self, items: Sequence[Encoded], max_batch_tokens: int, max_rows: int
     ) -> list[ScoreOutput]:
-        """Score without the batcher (bulk jobs, benchmarks): chunk by budget, in order."""
-        out: list[ScoreOutput] = []
+        """Score without the batcher (bulk jobs, benchmarks): chunk by budget, ``workers`` chunks at
+        once, results in input order."""
+        chunks: list[list[Encoded]] = []
         chunk: list[Encoded] = []
         for item in items:
             lengths = [e.n_tokens for e in chunk] + [item.n_tokens]
             if chunk and (self.batch_cost(lengths) > max_batch_tokens or len(chunk) >= max_rows):
-                out.extend(self.run(self.prepare(chunk)))
+                chunks.append(chunk)
                 chunk = []
             chunk.append(item)
         if chunk:
-            out.extend(self.run(self.prepare(chunk)))
-        return out
+            chunks.append(chunk)
+        if self.workers == 1 or len(chunks) == 1:
+            return [out for c in chunks for out in self.run(self.prepare(c))]
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="rewardserve-score") as pool:
+            return [out for outs in pool.map(lambda c: self.run(self.prepare(c)), chunks) for out in outs]
 
     def warmup(self) -> None:
         """One small forward per shape, so the first client request is not the slow one."""
@@ -360,6 +370,16 @@ class RewardEngine:
         else:
             score = sum(values) / len(values)
         return ScoreOutput(score=score, values=values, tokens=e.n_tokens, truncated=e.truncated)
+
+
+def compute_layout(settings: Settings, device: torch.device) -> tuple[int, int | None]:
+    """(batches run at once, torch threads to set or None) for these settings on this device."""
+    if device.type != "cpu":
+        return settings.compute_workers or 1, settings.torch_threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = settings.compute_workers or min(2, cores)
+    threads = settings.torch_threads or max(1, cores // workers)
+    return workers, threads
 
 
 def _type_ids(enc: Any) -> list[int] | None:

@@ -20,14 +20,14 @@ tests/unit/test_fused.py checks that per architecture. Any config this module do
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from rewardserve.scoring.fused_stack import Stack
 
 log = logging.getLogger(__name__)
 
@@ -50,96 +50,78 @@ def onednn_available() -> bool:
     return bool(torch.allclose(out, F.linear(x, w), atol=1e-5, rtol=1e-5))
 
 
-class Linear:
-    """One projection; ``act``/``mul``/``add`` are fused into the matmul when oneDNN is used."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, onednn: bool) -> None:
-        self.weight = weight.detach().contiguous()
-        self.bias = None if bias is None else bias.detach().contiguous()
-        self.onednn = onednn
+def _projection(mods: Sequence[Any], onednn: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One weight (and bias) for the given linear modules stacked on their output dimension."""
+    weight = torch.cat([m.weight.detach() for m in mods]).contiguous()
+    bias = None
+    if any(m.bias is not None for m in mods):
+        parts = [m.bias.detach() if m.bias is not None else torch.zeros(m.weight.shape[0]) for m in mods]
+        bias = torch.cat(parts).contiguous()
+    if onednn:
         # The batch-size hint only picks oneDNN's blocked layout; any batch size runs with it.
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, 256) if onednn else self.weight
-
-    def __call__(self, x: torch.Tensor, *, silu: bool = False) -> torch.Tensor:
-        if self.onednn:
-            attr = "swish" if silu else "none"
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, attr, [], "")  # type: ignore[no-any-return]
-        y = F.linear(x, self.weight, self.bias)
-        return F.silu(y) if silu else y
-
-    def times(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-        """``linear(x) * other``."""
-        if self.onednn and self.bias is None:
-            return torch.ops.mkldnn._linear_pointwise.binary(x, other, self.packed, None, "mul")  # type: ignore[no-any-return]
-        return F.linear(x, self.weight, self.bias) * other
-
-    def plus(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-        """``other + linear(x)``: a residual add."""
-        if self.onednn and self.bias is None:
-            return torch.ops.mkldnn._linear_pointwise.binary(x, other, self.packed, None, "add")  # type: ignore[no-any-return]
-        return other + F.linear(x, self.weight, self.bias)
-
-
-def _cat_linear(mods: Sequence[Any], onednn: bool) -> Linear:
-    weight = torch.cat([m.weight for m in mods])
-    biases = [m.bias for m in mods]
-    if all(b is None for b in biases):
-        return Linear(weight, None, onednn)
-    bias = torch.cat(
-        [b if b is not None else torch.zeros(m.weight.shape[0]) for m, b in zip(mods, biases, strict=True)]
-    )
-    return Linear(weight, bias, onednn)
-
-
-@dataclass
-class _Layer:
-    ln1: torch.Tensor
-    ln2: torch.Tensor
-    qkv: Linear
-    q: Linear  # the last layer projects queries only at read rows, keys/values everywhere
-    kv: Linear
-    o: Linear
-    gate: Linear
-    up: Linear
-    down: Linear
-    q_norm: torch.Tensor | None  # Qwen3: RMSNorm over each head's q and k before rotary
-    k_norm: torch.Tensor | None
+        weight = torch.ops.mkldnn._reorder_linear_weight(weight, 256)
+    return weight, bias
 
 
 class FusedDecoder:
     """The decoder stack + final norm of a loaded ``*ForSequenceClassification`` model, fused."""
 
-    def __init__(self, base: Any, cfg: Any, onednn: bool) -> None:
+    def __init__(self, base: Any, cfg: Any, onednn: bool, script: bool = True) -> None:
         self.onednn = onednn
         self.embed = base.embed_tokens.weight
         self.rotary = base.rotary_emb
-        self.norm = base.norm.weight
-        self.eps = float(cfg.rms_norm_eps)
-        self.heads = int(cfg.num_attention_heads)
-        self.kv_heads = int(getattr(cfg, "num_key_value_heads", None) or self.heads)
-        self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads)
+        heads = int(cfg.num_attention_heads)
+        self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
         half = self.head_dim // 2
         # rotate_half(x) * sin == roll(x, half) * [-sin_lo, sin_hi]; one roll instead of split+neg+cat.
         self.sign = torch.cat([-torch.ones(half), torch.ones(half)]).to(self.embed.dtype)
-        self.layers = [self._layer(layer) for layer in base.layers]
-        self.scale = float(base.layers[0].self_attn.scaling)
-
-    def _layer(self, layer: Any) -> _Layer:
-        a, m = layer.self_attn, layer.mlp
-        qn, kn = getattr(a, "q_norm", None), getattr(a, "k_norm", None)
-        return _Layer(
-            ln1=layer.input_layernorm.weight,
-            ln2=layer.post_attention_layernorm.weight,
-            qkv=_cat_linear([a.q_proj, a.k_proj, a.v_proj], self.onednn),
-            q=_cat_linear([a.q_proj], self.onednn),
-            kv=_cat_linear([a.k_proj, a.v_proj], self.onednn),
-            o=_cat_linear([a.o_proj], self.onednn),
-            gate=_cat_linear([m.gate_proj], self.onednn),
-            up=_cat_linear([m.up_proj], self.onednn),
-            down=_cat_linear([m.down_proj], self.onednn),
-            q_norm=None if qn is None else qn.weight,
-            k_norm=None if kn is None else kn.weight,
+        w: dict[str, list[torch.Tensor]] = {}
+        b: dict[str, list[torch.Tensor | None]] = {}
+        norms: dict[str, list[torch.Tensor]] = {"ln1": [], "ln2": []}
+        qk_norm = all(hasattr(layer.self_attn, "q_norm") for layer in base.layers)
+        if qk_norm:  # Qwen3: RMSNorm over each head's q and k before rotary
+            norms["q_norm"], norms["k_norm"] = [], []
+        for layer in base.layers:
+            a, m = layer.self_attn, layer.mlp
+            projections = {
+                "qkv": [a.q_proj, a.k_proj, a.v_proj],
+                "q": [a.q_proj],  # the last layer projects queries only at read rows
+                "kv": [a.k_proj, a.v_proj],
+                "o": [a.o_proj],
+                "gate": [m.gate_proj],
+                "up": [m.up_proj],
+                "down": [m.down_proj],
+            }
+            for name, mods in projections.items():
+                weight, bias = _projection(mods, onednn)
+                w.setdefault(name, []).append(weight)
+                b.setdefault(name, []).append(bias)
+            norms["ln1"].append(layer.input_layernorm.weight.detach())
+            norms["ln2"].append(layer.post_attention_layernorm.weight.detach())
+            if qk_norm:
+                norms["q_norm"].append(a.q_norm.weight.detach())
+                norms["k_norm"].append(a.k_norm.weight.detach())
+        stack = Stack(
+            w,
+            b,
+            norms,
+            base.norm.weight.detach(),
+            heads=heads,
+            kv_heads=int(getattr(cfg, "num_key_value_heads", None) or heads),
+            head_dim=self.head_dim,
+            scale=float(base.layers[0].self_attn.scaling),
+            eps=float(cfg.rms_norm_eps),
+            onednn=onednn,
+            qk_norm=qk_norm,
         )
+        self.stack: Any = stack
+        self.scripted = False
+        if script:
+            try:
+                self.stack = torch.jit.script(stack)
+                self.scripted = True
+            except Exception as exc:  # a torch without TorchScript runs the same module as Python
+                log.warning("TorchScript could not compile the fused stack (%s); running it as Python", exc)
 
     @classmethod
     def build(cls, model: Any, max_len: int) -> FusedDecoder | None:
@@ -152,12 +134,6 @@ class FusedDecoder:
         return cls(model.base_model, cfg, onednn=onednn_available())
 
     # ---------------------------------------------------------------- forward
-    def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), weight, self.eps)
-
-    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        return x * cos + x.roll(self.head_dim // 2, -1) * sin  # x: [T, heads, D]; cos/sin: [T, 1, D]
-
     def forward(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, cu: Sequence[int], read: Sequence[int]
     ) -> torch.Tensor:
@@ -194,49 +170,8 @@ class FusedDecoder:
         cos, sin = self.rotary(x[None], position_ids[None])
         cos, sin = cos[0, :, None, :], (sin[0] * self.sign)[:, None, :]
         rows = torch.tensor([*read, *[read[-1]] * (n_pad - n_seq)], dtype=torch.long)
-        heads, kvh, d = self.heads, self.kv_heads, self.head_dim
-        gqa = heads != kvh
-        spans = list(itertools.pairwise(cu))
-        filler = [x.new_zeros(t_pad - n_tok, heads, d)]
-        for layer in self.layers[:-1]:
-            h = self._rms(x, layer.ln1)
-            q, k, v = torch.split(layer.qkv(h).view(-1, heads + 2 * kvh, d), [heads, kvh, kvh], 1)
-            q, k = self._qk(layer, q, k, cos, sin)
-            outs = [_attend(q[s:e], k[s:e], v[s:e], self.scale, gqa, causal=True) for s, e in spans]
-            x = layer.o.plus(torch.cat(outs + filler).view(-1, heads * d), x)
-            x = self._mlp(layer, x)
-        # Last layer: keys/values over every token, everything else at the read rows only.
-        layer = self.layers[-1]
-        h = self._rms(x, layer.ln1)
-        k, v = torch.split(layer.kv(h).view(-1, 2 * kvh, d), [kvh, kvh], 1)
-        q = layer.q(h[rows]).view(-1, heads, d)
-        q, k = self._qk(layer, q, k, cos, sin, q_rows=rows)
-        outs = [
-            _attend(q[j : j + 1], k[s : r + 1], v[s : r + 1], self.scale, gqa, causal=False)
-            for j, ((s, _), r) in enumerate(zip(spans, read, strict=True))
-        ]
-        outs.append(q.new_zeros(n_pad - n_seq, heads, d))
-        x = layer.o.plus(torch.cat(outs).view(-1, heads * d), x[rows])
-        x = self._mlp(layer, x)
-        return self._rms(x[:n_seq], self.norm)
-
-    def _qk(
-        self,
-        layer: _Layer,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        q_rows: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if layer.q_norm is not None and layer.k_norm is not None:
-            q, k = self._rms(q, layer.q_norm), self._rms(k, layer.k_norm)
-        qcos, qsin = (cos, sin) if q_rows is None else (cos[q_rows], sin[q_rows])
-        return self._rope(q, qcos, qsin), self._rope(k, cos, sin)
-
-    def _mlp(self, layer: _Layer, x: torch.Tensor) -> torch.Tensor:
-        h = self._rms(x, layer.ln2)
-        return layer.down.plus(layer.up.times(h, layer.gate(h, silu=True)), x)
+        hidden: torch.Tensor = self.stack(x, cos, sin, list(cu), list(read), rows)
+        return hidden[:n_seq]
 
 
 def bucket(rows: int) -> int:
@@ -245,21 +180,6 @@ def bucket(rows: int) -> int:
         return 16
     step = 1 << max(rows.bit_length() - 4, 0)
     return -(-rows // step) * step
-
-
-def _attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, gqa: bool, *, causal: bool
-) -> torch.Tensor:
-    """One sequence's attention. q/k/v: [T, heads, D] -> [Tq, heads, D]."""
-    out = F.scaled_dot_product_attention(
-        q.transpose(0, 1)[None],
-        k.transpose(0, 1)[None],
-        v.transpose(0, 1)[None],
-        is_causal=causal,
-        scale=scale,
-        enable_gqa=gqa,
-    )
-    return out[0].transpose(0, 1)
 
 
 def _unsupported(model: Any, cfg: Any, max_len: int) -> str:

@@ -72,13 +72,20 @@ class ScoringService:
             max_queued_tokens=settings.max_queued_tokens,
             on_batch=self._on_batch,
             name=self.name,
+            workers=engine.workers,
         )
         # One thread: HF fast tokenizers raise "Already borrowed" when two threads use one at once.
         self._tokenize = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rewardserve-tokenize")
         self._calls = InFlight()
         info = engine.info
         self.metrics.model_info.labels(
-            info.name, info.architecture, info.dtype, info.device, info.head, info.batch_strategy, info.kernels
+            info.name,
+            info.architecture,
+            info.dtype,
+            info.device,
+            info.head,
+            info.batch_strategy,
+            info.kernels,
         ).set(1)
         batcher = self.batcher
         self.metrics.queue_probes[self.name] = lambda: (batcher.queued_requests, batcher.queued_tokens)
