@@ -10,6 +10,11 @@ over HTTP (how OpenRLHF calls `/get_reward`), C concurrent clients. Side by side
   (d) rewardserve gRPC       the same requests as unary RewardService/Score calls, C concurrent clients
   (e) rewardserve gRPC stream  the same requests as messages of ONE ScoreStream (one input each), sent
                              as fast as the stream takes them; latency = message sent -> its answer
+  (f) rewardserve, transformers kernels  (a) with `--no-fused-cpu`: the model's own transformers modules
+                             instead of the fused CPU forward (what the fused forward buys)
+
+The load generator is bench/loadgen.py (raw HTTP/1.1; `--client httpx` for httpx): it shares the
+cores with the servers, so its own CPU cost is kept small and reported.
 
 Each server runs in its own process so its peak resident memory (VmHWM) is its own. Prints a table and
 writes JSON (bench/results/bench_scoring.json). Usage: python bench/bench_scoring.py [--requests N]
@@ -316,6 +321,26 @@ def main() -> None:
         grpc_cmd = [rs_bin, "serve", "--model", str(model_dir), "--port", "0", "--grpc-port", "0"]
         for name, streaming in (("(d) rewardserve gRPC", False), ("(e) rewardserve gRPC stream", True)):
             runs.append(_serve_and_load_grpc(name, grpc_cmd, env, texts, args.concurrency, streaming))
+        runs.append(
+            _serve_and_load(
+                "(f) rewardserve, transformers kernels",
+                [
+                    rs_bin,
+                    "serve",
+                    "--model",
+                    str(model_dir),
+                    "--port",
+                    "0",
+                    "--grpc-port",
+                    "0",
+                    "--no-fused-cpu",
+                ],
+                env,
+                texts,
+                args.concurrency,
+                args.client,
+            )
+        )
 
     ref = runs[2]["rewards"]
     rows = []
@@ -342,6 +367,8 @@ def main() -> None:
         # gRPC unary and streaming throughput relative to HTTP, same workload (rows d, e over a).
         "d_over_a": rows[3]["tok_s"] / a["tok_s"],
         "e_over_a": rows[4]["tok_s"] / a["tok_s"],
+        # What the fused CPU forward buys over the model's own transformers modules, same server.
+        "a_over_f": a["tok_s"] / rows[5]["tok_s"],
     }
     report = {
         "machine": {
@@ -366,22 +393,23 @@ def main() -> None:
         f"max {max(tokens)}), {args.concurrency} concurrent clients, {os.cpu_count()} cores\n"
     )
     header = ("server", "tok/s", "req/s", "p50 ms", "p99 ms", "peak RSS MB", "server CPU s", "client CPU s")
-    print("| {:27} | {:>8} | {:>7} | {:>8} | {:>8} | {:>11} | {:>12} | {:>12} |".format(*header))
-    print("|" + "|".join("-" * (w + 2) for w in (27, 8, 7, 8, 8, 11, 12, 12)) + "|")
+    print("| {:37} | {:>8} | {:>7} | {:>8} | {:>8} | {:>11} | {:>12} | {:>12} |".format(*header))
+    print("|" + "|".join("-" * (w + 2) for w in (37, 8, 7, 8, 8, 11, 12, 12)) + "|")
 
     def num(v: float | None, fmt: str) -> str:
         return "-" if v is None else format(v, fmt)
 
     for r in rows:
         print(
-            f"| {r['name']:27} | {r['tok_s']:8.0f} | {r['req_s']:7.1f} | {num(r['p50_ms'], '.0f'):>8} "
+            f"| {r['name']:37} | {r['tok_s']:8.0f} | {r['req_s']:7.1f} | {num(r['p50_ms'], '.0f'):>8} "
             f"| {num(r['p99_ms'], '.0f'):>8} | {r['peak_rss_mb']:11.0f} "
             f"| {num(r['server_cpu_s'], '.1f'):>12} | {num(r['client_cpu_s'], '.1f'):>12} |"
         )
     print(
         f"\na/c = {summary['a_over_c']:.2f}  a/b = {summary['a_over_b']:.2f}  "
         f"serving RSS added = {summary['serving_rss_added_mb']:.0f} MB  "
-        f"gRPC/HTTP: unary d/a = {summary['d_over_a']:.2f}, stream e/a = {summary['e_over_a']:.2f}"
+        f"gRPC/HTTP: unary d/a = {summary['d_over_a']:.2f}, stream e/a = {summary['e_over_a']:.2f}  "
+        f"fused/transformers a/f = {summary['a_over_f']:.2f}"
     )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "bench_scoring.json").write_text(json.dumps(report, indent=2))

@@ -69,9 +69,15 @@ def http(srv: ServerThread) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def tight(tiny_llama: Path) -> Iterator[ServerThread]:
-    """Small limits: two calls in flight at most, 64 KiB gRPC messages."""
+    """Small limits: two calls in flight at most, 64 KiB gRPC messages, one compute worker (so one
+    gated batch makes the model busy: a second worker would run a queued call at once)."""
     settings = Settings(
-        model=tiny_llama, port=0, grpc_port=0, max_queued_requests=2, grpc_max_message_bytes=64 * 1024
+        model=tiny_llama,
+        port=0,
+        grpc_port=0,
+        max_queued_requests=2,
+        grpc_max_message_bytes=64 * 1024,
+        compute_workers=1,
     )
     with ServerThread(settings) as s:
         yield s
