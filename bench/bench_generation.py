@@ -1,4 +1,5 @@
-"""Generation and reward scoring side by side with vLLM on this machine. One run each.
+"""Generation and reward scoring side by side with vLLM on this machine. Generation rows report the
+median of ``--repeat`` timed passes (short passes on a small shared machine vary by +-15%).
 
 Part 1, generation: the same tiny random-weight Llama policy and prompts, the same engine settings
 and sampling parameters (fixed seed, fixed lengths via ignore_eos), through
@@ -105,7 +106,12 @@ def _vllm_kwargs(policy: Path) -> dict[str, Any]:
     }
 
 
-def async_engine(policy: Path, prompts_file: Path, sampling_json: str) -> None:
+def _timed(walls: list[float], samples: list[Any]) -> dict[str, Any]:
+    """One row's result: the median of its timed passes (every pass draws the same samples)."""
+    return {"wall_s": statistics.median(walls), "walls_s": walls, "samples": samples}
+
+
+def async_engine(policy: Path, prompts_file: Path, sampling_json: str, repeat: int) -> None:
     """(a2): vLLM's own AsyncLLM (the engine behind `vllm serve` and rewardserve) in this process, one
     request per prompt, all at once, no HTTP; prints one JSON line. Separates what the async engine
     costs from what rewardserve's serving layer costs."""
@@ -128,18 +134,21 @@ def async_engine(policy: Path, prompts_file: Path, sampling_json: str) -> None:
         assert final is not None
         return [list(c.token_ids) for c in sorted(final.outputs, key=lambda c: c.index)]
 
-    async def run() -> tuple[float, list[list[list[int]]]]:
+    async def run() -> dict[str, Any]:
         await asyncio.gather(*(one(i, x, "warm") for i, x in enumerate(inputs[:4])))  # not timed
-        t0 = time.perf_counter()
-        samples = await asyncio.gather(*(one(i, x, "timed") for i, x in enumerate(inputs)))
-        return time.perf_counter() - t0, list(samples)
+        walls, samples = [], []
+        for k in range(repeat):
+            t0 = time.perf_counter()
+            samples = list(await asyncio.gather(*(one(i, x, f"timed{k}") for i, x in enumerate(inputs))))
+            walls.append(time.perf_counter() - t0)
+        return _timed(walls, samples)
 
-    wall, samples = asyncio.run(run())
+    result = asyncio.run(run())
     llm.shutdown()
-    print(json.dumps({"wall_s": wall, "samples": samples}))
+    print(json.dumps(result))
 
 
-def offline(policy: Path, prompts_file: Path, sampling_json: str) -> None:
+def offline(policy: Path, prompts_file: Path, sampling_json: str, repeat: int) -> None:
     """(a): vLLM's offline LLM.generate in this process; prints one JSON line."""
     from vllm import LLM, SamplingParams
 
@@ -151,11 +160,13 @@ def offline(policy: Path, prompts_file: Path, sampling_json: str) -> None:
     tok = llm.get_tokenizer()
     inputs = [{"prompt_token_ids": tok(p)["input_ids"]} for p in prompts]
     llm.generate(inputs[:4], params, use_tqdm=False)  # warm-up, not timed
-    t0 = time.perf_counter()
-    outs = llm.generate(inputs, params, use_tqdm=False)
-    wall = time.perf_counter() - t0
+    walls = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        outs = llm.generate(inputs, params, use_tqdm=False)
+        walls.append(time.perf_counter() - t0)
     samples = [[list(c.token_ids) for c in sorted(o.outputs, key=lambda c: c.index)] for o in outs]
-    print(json.dumps({"wall_s": wall, "samples": samples}))
+    print(json.dumps(_timed(walls, samples)))
 
 
 def _start_server(cmd: list[str], ready_path: str, timeout: float = 600) -> tuple[subprocess.Popen[str], str]:
@@ -190,7 +201,7 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 
 async def _generate_http(
-    url: str, prompts: list[str], sampling: dict[str, Any], per_prompt: bool
+    url: str, prompts: list[str], sampling: dict[str, Any], per_prompt: bool, repeat: int
 ) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=url, timeout=3600, limits=httpx.Limits(max_connections=1024)) as c:
 
@@ -200,13 +211,16 @@ async def _generate_http(
             return [[s["token_ids"] for s in res["samples"]] for res in r.json()["results"]]
 
         await call(prompts[:4])  # warm-up, not timed
-        t0 = time.perf_counter()
-        if per_prompt:
-            parts = await asyncio.gather(*(call([p]) for p in prompts))
-            samples = [part[0] for part in parts]
-        else:
-            samples = await call(prompts)
-        return {"wall_s": time.perf_counter() - t0, "samples": samples}
+        walls: list[float] = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            if per_prompt:
+                parts = await asyncio.gather(*(call([p]) for p in prompts))
+                samples = [part[0] for part in parts]
+            else:
+                samples = await call(prompts)
+            walls.append(time.perf_counter() - t0)
+        return _timed(walls, samples)
 
 
 def bench_generation(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -220,7 +234,15 @@ def bench_generation(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     sampling = _sampling(args)
 
     out = subprocess.run(
-        [sys.executable, __file__, "--offline", str(policy), str(prompts_file), json.dumps(sampling)],
+        [
+            sys.executable,
+            __file__,
+            "--offline",
+            str(policy),
+            str(prompts_file),
+            json.dumps(sampling),
+            str(args.repeat),
+        ],
         env=_env(),
         capture_output=True,
         text=True,
@@ -230,7 +252,15 @@ def bench_generation(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     line = next(x for x in out.stdout.splitlines() if x.startswith('{"wall_s"'))
     runs = {"(a) vLLM offline LLM.generate": json.loads(line)}
     out = subprocess.run(
-        [sys.executable, __file__, "--async-engine", str(policy), str(prompts_file), json.dumps(sampling)],
+        [
+            sys.executable,
+            __file__,
+            "--async-engine",
+            str(policy),
+            str(prompts_file),
+            json.dumps(sampling),
+            str(args.repeat),
+        ],
         env=_env(),
         capture_output=True,
         text=True,
@@ -254,10 +284,10 @@ def bench_generation(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     proc, url = _start_server(cmd, "/health/ready")
     try:
         runs["(b) rewardserve, 1 call"] = asyncio.run(
-            _generate_http(url, prompts, sampling, per_prompt=False)
+            _generate_http(url, prompts, sampling, per_prompt=False, repeat=args.repeat)
         )
         runs["(c) rewardserve, 1 req/prompt"] = asyncio.run(
-            _generate_http(url, prompts, sampling, per_prompt=True)
+            _generate_http(url, prompts, sampling, per_prompt=True, repeat=args.repeat)
         )
     finally:
         _stop(proc)
@@ -272,6 +302,7 @@ def bench_generation(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 "name": name,
                 "tok_s": tokens / r["wall_s"],
                 "wall_s": r["wall_s"],
+                "walls_s": r["walls_s"],
                 "ratio_vs_offline": ref["wall_s"] / r["wall_s"],
                 "ratio_vs_async_engine": async_ref["wall_s"] / r["wall_s"],
                 "same_samples_as_offline": r["samples"] == ref["samples"],
@@ -375,14 +406,18 @@ def main() -> None:
         action="store_true",
         help="run vLLM's pooling server with --enforce-eager (no compile)",
     )
-    ap.add_argument("--offline", nargs=3, help=argparse.SUPPRESS)
-    ap.add_argument("--async-engine", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--repeat", type=int, default=5, help="timed generation passes per row; the median is reported"
+    )
+    ap.add_argument("--offline", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--async-engine", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.offline:
-        offline(Path(args.offline[0]), Path(args.offline[1]), args.offline[2])
+        offline(Path(args.offline[0]), Path(args.offline[1]), args.offline[2], int(args.offline[3]))
         return
     if args.async_engine:
-        async_engine(Path(args.async_engine[0]), Path(args.async_engine[1]), args.async_engine[2])
+        a = args.async_engine
+        async_engine(Path(a[0]), Path(a[1]), a[2], int(a[3]))
         return
 
     report: dict[str, Any] = {
@@ -399,7 +434,8 @@ def main() -> None:
             w, smp = gen["workload"], gen["workload"]["sampling"]
             print(
                 f"\nGeneration: {w['prompts']} prompts x n={smp['n']} x {smp['max_tokens']} tokens = "
-                f"{w['generated_tokens']} tokens, tiny Llama policy, fp32, {os.cpu_count()} cores\n"
+                f"{w['generated_tokens']} tokens, tiny Llama policy, fp32, {os.cpu_count()} cores; "
+                f"median of {args.repeat} timed passes per row\n"
             )
             head = ("run", "tok/s", "wall s", "vs (a)", "vs (a2)")
             print("| {:32} | {:>8} | {:>7} | {:>6} | {:>7} | same samples |".format(*head))
