@@ -233,41 +233,18 @@ def bench_generation(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     prompts_file.write_text(json.dumps(prompts))
     sampling = _sampling(args)
 
-    out = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "--offline",
-            str(policy),
-            str(prompts_file),
-            json.dumps(sampling),
-            str(args.repeat),
-        ],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    # vLLM logs to stdout too (shutdown lines come after ours): pick our one JSON line.
-    line = next(x for x in out.stdout.splitlines() if x.startswith('{"wall_s"'))
-    runs = {"(a) vLLM offline LLM.generate": json.loads(line)}
-    out = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "--async-engine",
-            str(policy),
-            str(prompts_file),
-            json.dumps(sampling),
-            str(args.repeat),
-        ],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    line = next(x for x in out.stdout.splitlines() if x.startswith('{"wall_s"'))
-    runs["(a2) vLLM AsyncLLM, in-process"] = json.loads(line)
+    def vllm_row(flag: str) -> dict[str, Any]:
+        """Run this script with ``flag`` (--offline / --async-engine) in its own process."""
+        cmd = [sys.executable, __file__, flag, str(policy), str(prompts_file), json.dumps(sampling)]
+        out = subprocess.run([*cmd, str(args.repeat)], env=_env(), capture_output=True, text=True, check=True)
+        # vLLM logs to stdout too (shutdown lines come after ours): pick our one JSON line.
+        line = next(x for x in out.stdout.splitlines() if x.startswith('{"wall_s"'))
+        return dict(json.loads(line))
+
+    runs = {
+        "(a) vLLM offline LLM.generate": vllm_row("--offline"),
+        "(a2) vLLM AsyncLLM, in-process": vllm_row("--async-engine"),
+    }
 
     port = _free_port()
     rs = str(Path(sys.executable).parent / "rewardserve")

@@ -119,11 +119,8 @@ def serve(
     if settings.generator is not None and not settings.generator.is_dir():
         typer.echo(f"error: --generator {settings.generator} is not a directory", err=True)
         raise typer.Exit(2)
-    import os as _os
-
     from rewardserve.app import serve as run_server
 
-    sys.setswitchinterval(float(_os.environ.get("XSW", "0.005")))
     raise typer.Exit(asyncio.run(run_server(settings)))
 
 
