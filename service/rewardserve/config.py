@@ -55,8 +55,9 @@ class Settings(BaseSettings):
     encoders and unfused decoders on a CPU (where padding costs more than batching buys)."""
     fused_cpu: bool = True
     """On a CPU, run Llama/Mistral/Qwen2/Qwen3 reward models through rewardserve's fused forward
-    (oneDNN matmuls with packed weights, fused q/k/v and MLP, last layer only at the read token):
-    2.1x the plain transformers forward on the benchmark model and CPU, equal within fp32 rounding.
+    (oneDNN matmuls with packed weights, one q/k/v matmul, SiLU/gate-product/residuals fused into the
+    matmuls, last layer only at the read token): ~2x the transformers modules on the benchmark model
+    and CPU, equal within fp32 rounding.
     Off: the transformers modules run as loaded. Keeps a second, packed copy of the weights."""
     score_activation: Literal["none", "sigmoid"] = "none"
     """Applied to the head output. none returns the raw Bradley-Terry logit, which is what trainers
