@@ -39,7 +39,7 @@ from typing import Any
 
 import httpx
 
-from loadgen import CLIENTS, post_all
+from loadgen import CLIENTS, post_all, summarize
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -145,16 +145,6 @@ def _start_with_grpc(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Po
     raise RuntimeError("server not ready")
 
 
-def _summarize(latencies: list[float], wall: float, rewards: list[float]) -> dict[str, Any]:
-    latencies.sort()
-    return {
-        "wall_s": wall,
-        "p50_ms": 1000 * statistics.median(latencies),
-        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
-        "rewards": rewards,
-    }
-
-
 async def _load_grpc_unary(target: str, texts: list[str], concurrency: int) -> dict[str, Any]:
     """(d): every text as its own unary Score call, `concurrency` clients on one channel (HTTP/2)."""
     import grpc.aio
@@ -181,7 +171,7 @@ async def _load_grpc_unary(target: str, texts: list[str], concurrency: int) -> d
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
-    return _summarize(latencies, wall, rewards)
+    return summarize(latencies, wall, rewards)
 
 
 async def _load_grpc_stream(target: str, texts: list[str]) -> dict[str, Any]:
@@ -209,7 +199,7 @@ async def _load_grpc_stream(target: str, texts: list[str]) -> dict[str, Any]:
             latencies.append(time.perf_counter() - sent[answer.id])
             rewards[int(answer.id)] = answer.response.scores[0]
         wall = time.perf_counter() - t0
-    return _summarize(latencies, wall, rewards)
+    return summarize(latencies, wall, rewards)
 
 
 def _serve_and_load_grpc(

@@ -118,11 +118,15 @@ async def post_all(
         async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as c:
             await asyncio.gather(*(_httpx_worker(c, path, bodies, queue, record) for _ in range(concurrency)))
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return {**summarize(latencies, wall, values), "client_cpu_s": cpu}
+
+
+def summarize(latencies: list[float], wall: float, rewards: list[float]) -> dict[str, Any]:
+    """One load run's row: wall time, p50/p99 latency in ms, and the rewards in request order."""
     latencies.sort()
     return {
         "wall_s": wall,
-        "client_cpu_s": cpu,
         "p50_ms": 1000 * statistics.median(latencies),
         "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
-        "rewards": values,
+        "rewards": rewards,
     }
