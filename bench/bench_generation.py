@@ -7,6 +7,9 @@ and sampling parameters (fixed seed, fixed lengths via ignore_eos), through
   (a) vLLM offline       ``vllm.LLM.generate`` on all prompts at once, no server (its own process)
   (a2) vLLM AsyncLLM     vLLM's async engine (what ``vllm serve`` and rewardserve run), in-process,
                          one request per prompt all at once, no HTTP: what the async engine itself costs
+  (a3) (a) tuned         (a) with the settings rewardserve gives vLLM for a unary call (flat logprob
+                         lists, no per-step detokenizing, one decode per finished sample): what vLLM
+                         offline can do configured the same way
   (b) rewardserve, 1 call    ``rewardserve serve --generator``: one POST /v1/generate with every prompt
   (c) rewardserve, per prompt  the same server, one request per prompt, all in flight at once
 
@@ -148,15 +151,19 @@ def async_engine(policy: Path, prompts_file: Path, sampling_json: str, repeat: i
     print(json.dumps(result))
 
 
-def offline(policy: Path, prompts_file: Path, sampling_json: str, repeat: int) -> None:
-    """(a): vLLM's offline LLM.generate in this process; prints one JSON line."""
+def offline(policy: Path, prompts_file: Path, sampling_json: str, repeat: int, tuned: bool = False) -> None:
+    """(a): vLLM's offline LLM.generate in this process; prints one JSON line. ``tuned`` (a3): with
+    the two settings rewardserve gives vLLM for a unary call (flat logprob lists, no per-step
+    detokenizing) and its one-pass decode of each finished sample, timed with the rest."""
     from vllm import LLM, SamplingParams
+
+    from rewardserve.generation.vllm_engine import decode_completion
 
     prompts = json.loads(prompts_file.read_text())
     s = json.loads(sampling_json)
     llm = LLM(**_vllm_kwargs(policy))
     # rewardserve always asks for the sampled token's logprob (cumulative_logprob); so does this.
-    params = SamplingParams(**s, logprobs=0)
+    params = SamplingParams(**s, logprobs=0, flat_logprobs=tuned, detokenize=not tuned)
     tok = llm.get_tokenizer()
     inputs = [{"prompt_token_ids": tok(p)["input_ids"]} for p in prompts]
     llm.generate(inputs[:4], params, use_tqdm=False)  # warm-up, not timed
@@ -164,6 +171,13 @@ def offline(policy: Path, prompts_file: Path, sampling_json: str, repeat: int) -
     for _ in range(repeat):
         t0 = time.perf_counter()
         outs = llm.generate(inputs, params, use_tqdm=False)
+        if tuned:
+            backend = tok.backend_tokenizer
+            for inp, o in zip(inputs, outs, strict=True):
+                for c in o.outputs:
+                    c.text = decode_completion(
+                        backend, inp["prompt_token_ids"], c.token_ids, c.finish_reason == "stop"
+                    )
         walls.append(time.perf_counter() - t0)
     samples = [[list(c.token_ids) for c in sorted(o.outputs, key=lambda c: c.index)] for o in outs]
     print(json.dumps(_timed(walls, samples)))
@@ -201,26 +215,28 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 
 async def _generate_http(
-    url: str, prompts: list[str], sampling: dict[str, Any], per_prompt: bool, repeat: int
+    url: str, prompts: list[str], sampling: dict[str, Any], per_prompt: bool, repeat: int, client: str
 ) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=url, timeout=3600, limits=httpx.Limits(max_connections=1024)) as c:
+    """(b) one call with every prompt, or (c) one call per prompt, all at once. Same load generator as
+    the scoring tables: httpx spent ~2 ms of CPU per request, which spread 64 arrivals over ~130 ms
+    of engine steps on these 2 cores."""
 
-        async def call(ps: list[str]) -> list[list[list[int]]]:
-            r = await c.post("/v1/generate", json={"prompts": ps, **sampling})
-            r.raise_for_status()
-            return [[s["token_ids"] for s in res["samples"]] for res in r.json()["results"]]
+    def read(response: Any) -> list[list[list[int]]]:
+        return [[s["token_ids"] for s in res["samples"]] for res in response["results"]]
 
-        await call(prompts[:4])  # warm-up, not timed
-        walls: list[float] = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            if per_prompt:
-                parts = await asyncio.gather(*(call([p]) for p in prompts))
-                samples = [part[0] for part in parts]
-            else:
-                samples = await call(prompts)
-            walls.append(time.perf_counter() - t0)
-        return _timed(walls, samples)
+    async def run(batches: list[list[str]]) -> tuple[float, list[list[list[int]]]]:
+        payloads = [{"prompts": b, **sampling} for b in batches]
+        out = await post_all(url, "/v1/generate", payloads, len(payloads), read, client)
+        return out["wall_s"], [per for part in out["rewards"] for per in part]
+
+    batches = [[p] for p in prompts] if per_prompt else [prompts]
+    await run([prompts[:4]])  # warm-up, not timed
+    walls: list[float] = []
+    samples: list[Any] = []
+    for _ in range(repeat):
+        wall, samples = await run(batches)
+        walls.append(wall)
+    return _timed(walls, samples)
 
 
 def bench_generation(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -244,6 +260,7 @@ def bench_generation(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     runs = {
         "(a) vLLM offline LLM.generate": vllm_row("--offline"),
         "(a2) vLLM AsyncLLM, in-process": vllm_row("--async-engine"),
+        "(a3) (a), rewardserve's settings": vllm_row("--offline-tuned"),
     }
 
     port = _free_port()
@@ -261,16 +278,17 @@ def bench_generation(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     proc, url = _start_server(cmd, "/health/ready")
     try:
         runs["(b) rewardserve, 1 call"] = asyncio.run(
-            _generate_http(url, prompts, sampling, per_prompt=False, repeat=args.repeat)
+            _generate_http(url, prompts, sampling, False, args.repeat, args.client)
         )
         runs["(c) rewardserve, 1 req/prompt"] = asyncio.run(
-            _generate_http(url, prompts, sampling, per_prompt=True, repeat=args.repeat)
+            _generate_http(url, prompts, sampling, True, args.repeat, args.client)
         )
     finally:
         _stop(proc)
 
     ref = runs["(a) vLLM offline LLM.generate"]
     async_ref = runs["(a2) vLLM AsyncLLM, in-process"]
+    tuned_ref = runs["(a3) (a), rewardserve's settings"]
     tokens = sum(len(s) for p in ref["samples"] for s in p)
     rows = []
     for name, r in runs.items():
@@ -282,6 +300,7 @@ def bench_generation(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 "walls_s": r["walls_s"],
                 "ratio_vs_offline": ref["wall_s"] / r["wall_s"],
                 "ratio_vs_async_engine": async_ref["wall_s"] / r["wall_s"],
+                "ratio_vs_tuned_offline": tuned_ref["wall_s"] / r["wall_s"],
                 "same_samples_as_offline": r["samples"] == ref["samples"],
             }
         )
@@ -387,10 +406,12 @@ def main() -> None:
         "--repeat", type=int, default=5, help="timed generation passes per row; the median is reported"
     )
     ap.add_argument("--offline", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--offline-tuned", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--async-engine", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.offline:
-        offline(Path(args.offline[0]), Path(args.offline[1]), args.offline[2], int(args.offline[3]))
+    if args.offline or args.offline_tuned:
+        a = args.offline or args.offline_tuned
+        offline(Path(a[0]), Path(a[1]), a[2], int(a[3]), tuned=bool(args.offline_tuned))
         return
     if args.async_engine:
         a = args.async_engine
@@ -414,14 +435,15 @@ def main() -> None:
                 f"{w['generated_tokens']} tokens, tiny Llama policy, fp32, {os.cpu_count()} cores; "
                 f"median of {args.repeat} timed passes per row\n"
             )
-            head = ("run", "tok/s", "wall s", "vs (a)", "vs (a2)")
-            print("| {:32} | {:>8} | {:>7} | {:>6} | {:>7} | same samples |".format(*head))
-            print(f"|{'-' * 34}|{'-' * 10}|{'-' * 9}|{'-' * 8}|{'-' * 9}|--------------|")
+            head = ("run", "tok/s", "wall s", "vs (a)", "vs (a2)", "vs (a3)")
+            print("| {:32} | {:>8} | {:>7} | {:>6} | {:>7} | {:>7} | same samples |".format(*head))
+            print(f"|{'-' * 34}|{'-' * 10}|{'-' * 9}|{'-' * 8}|{'-' * 9}|{'-' * 9}|--------------|")
             for r in gen["rows"]:
                 same = "yes" if r["same_samples_as_offline"] else "NO"
                 print(
                     f"| {r['name']:32} | {r['tok_s']:8.0f} | {r['wall_s']:7.2f} "
-                    f"| {r['ratio_vs_offline']:6.2f} | {r['ratio_vs_async_engine']:7.2f} | {same:12} |"
+                    f"| {r['ratio_vs_offline']:6.2f} | {r['ratio_vs_async_engine']:7.2f} "
+                    f"| {r['ratio_vs_tuned_offline']:7.2f} | {same:12} |"
                 )
         if args.skip != "scoring":
             report["scoring"] = sc = bench_scoring_vs_vllm(args, Path(tmp))

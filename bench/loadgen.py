@@ -88,10 +88,11 @@ async def post_all(
     path: str,
     payloads: list[dict[str, Any]],
     concurrency: int,
-    read: Callable[[Any], float],
+    read: Callable[[Any], Any],
     client: str = "raw",
 ) -> dict[str, Any]:
-    """POST every payload once with ``concurrency`` clients; wall time, p50/p99 and ``read(response)``.
+    """POST every payload once with ``concurrency`` clients; wall time, p50/p99 and ``read(response)``
+    of each, in payload order (``rewards``: what the scoring tables read).
 
     ``cpu_s`` is this process's CPU time during the run: what the load generator itself cost.
     """
@@ -100,7 +101,7 @@ async def post_all(
     for i in range(len(bodies)):
         queue.put_nowait(i)
     latencies: list[float] = []
-    values = [0.0] * len(bodies)
+    values: list[Any] = [None] * len(bodies)
 
     def record(i: int, seconds: float, response: Any) -> None:
         latencies.append(seconds)
@@ -121,7 +122,7 @@ async def post_all(
     return {**summarize(latencies, wall, values), "client_cpu_s": cpu}
 
 
-def summarize(latencies: list[float], wall: float, rewards: list[float]) -> dict[str, Any]:
+def summarize(latencies: list[float], wall: float, rewards: list[Any]) -> dict[str, Any]:
     """One load run's row: wall time, p50/p99 latency in ms, and the rewards in request order."""
     latencies.sort()
     return {

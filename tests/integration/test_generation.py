@@ -209,6 +209,44 @@ async def test_generation_metrics_count_sampled_tokens(client: httpx.AsyncClient
     assert after[1] - before[1] == 1
 
 
+async def test_text_decoded_here_equals_vllm_detokenizer(served: Served) -> None:
+    # Unary calls leave detokenizing to the service (one DecodeStream pass per finished sample, off the
+    # event loop); the text, ids and logprobs must be what vLLM's own per-step path gives. Random
+    # weights sample random byte-level tokens, so partial UTF-8 characters come up often.
+    from rewardserve.generation.types import PromptInput, SamplingOptions
+    from rewardserve.generation.vllm_engine import sampling_params, to_sample
+
+    gen, tok = served.gen, served.gen.engine.tokenizer
+    prompts = [*PROMPTS, "é ü 日本 ", "x"]
+    opts = SamplingOptions(n=4, max_tokens=48, seed=21, logprobs=True, top_logprobs=2)
+    ours = await gen.generate([PromptInput(text=t) for t in prompts], opts)
+    assert gen.engine.decodes_text and not sampling_params(opts, stream=False, decode_here=True).detokenize
+    vllm_params = sampling_params(opts, stream=False)
+    assert vllm_params.detokenize
+    for k, (text, result) in enumerate(zip(prompts, ours.results, strict=True)):
+        for flat in (True, False):  # vLLM's flat logprob lists and its dict-per-token form read alike
+            vllm_params.flat_logprobs = flat
+            final = None
+            async for out in gen.engine.generate(
+                f"ref-{k}-{flat}", gen.engine.encode_text(text), vllm_params
+            ):
+                final = out
+            assert final is not None
+            ref = sorted((to_sample(o, opts) for o in final.outputs), key=lambda s: s.index)
+            assert list(result.samples) == ref
+    # A character split over byte tokens shows once whole (a sample cut inside one ends before it, as
+    # vLLM's stream holds it back; tok.decode would end in U+FFFD). The token that stopped a sample
+    # is not part of its text; special tokens never are.
+    eng, ids, eos = gen.engine, tok("a b c")["input_ids"], tok.eos_token_id
+    nichi = tok("日")["input_ids"]
+    assert len(nichi) == 3 and tok.decode(nichi[:2]).endswith("\ufffd")
+    assert eng.completion_text([1, 2], [*ids, *nichi[:2]], False) == "a b c"
+    assert eng.completion_text([1, 2], [*ids, *nichi], False) == "a b c日"
+    assert eng.completion_text([1, 2], [*ids, eos], stopped_on_token=True) == "a b c"
+    assert eng.completion_text([1, 2], [*ids, ids[0]], stopped_on_token=True) == "a b c"
+    assert eng.completion_text([1, 2], [eos, *ids, eos], stopped_on_token=False) == "a b c"
+
+
 async def test_seeds_reproduce_and_greedy_is_deterministic(client: httpx.AsyncClient) -> None:
     a = await _generate(client, n=2, max_tokens=12, seed=11, logprobs=True)
     b = await _generate(client, n=2, max_tokens=12, seed=11, logprobs=True)

@@ -115,7 +115,8 @@ class GenerationService:
         async with self._admitted() as version:
             from rewardserve.generation.vllm_engine import sampling_params, to_sample
 
-            params = sampling_params(opts, stream=False)
+            params = sampling_params(opts, stream=False, decode_here=self.engine.decodes_text)
+            loop = asyncio.get_running_loop()
 
             async def one(prompt_ids: list[int]) -> PromptResult:
                 request_id = self._request_id()
@@ -125,7 +126,13 @@ class GenerationService:
                         final = out
                     done()
                 assert final is not None, "vLLM ended a request without a final output"
-                samples = sorted((to_sample(o, opts) for o in final.outputs), key=lambda s: s.index)
+                texts: list[str | None] = [None] * len(final.outputs)
+                if not params.detokenize:  # vLLM left the text to us (sampling_params says why)
+                    texts = await loop.run_in_executor(
+                        self._tokenize, self._decode, prompt_ids, final.outputs
+                    )
+                outs = zip(final.outputs, texts, strict=True)
+                samples = sorted((to_sample(o, opts, text) for o, text in outs), key=lambda s: s.index)
                 return PromptResult(prompt_tokens=len(prompt_ids), samples=tuple(samples))
 
             results = await _gather_or_cancel([one(p) for p in ids])
@@ -208,6 +215,13 @@ class GenerationService:
                 )
             out.append(ids)
         return out
+
+    def _decode(self, prompt_ids: list[int], outputs: Sequence[Any]) -> list[str | None]:
+        # finish_reason "stop" without a stop string means an eos or stop token id ended the sample.
+        return [
+            self.engine.completion_text(prompt_ids, o.token_ids, stopped_on_token=o.finish_reason == "stop")
+            for o in outputs
+        ]
 
     @contextlib.asynccontextmanager
     async def _admitted(self) -> AsyncIterator[int]:

@@ -22,9 +22,11 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from tokenizers.decoders import DecodeStream
 from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import GracefulHTTPError, VLLMClientError
+from vllm.logprobs import FlatLogprobs
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.platforms import current_platform
 from vllm.sampling_params import RequestOutputKind
@@ -79,18 +81,28 @@ def engine_args(path: Path, settings: Settings) -> AsyncEngineArgs:
     )
 
 
-def sampling_params(opts: SamplingOptions, *, stream: bool) -> SamplingParams:
+def sampling_params(opts: SamplingOptions, *, stream: bool, decode_here: bool = False) -> SamplingParams:
     """vLLM SamplingParams for ``opts``. Logprobs are always computed (``logprobs=0``: the sampled
     token's only), because ``cumulative_logprob`` needs them and PPO needs the old policy's logprobs;
     on a GPU the cost is one log-softmax per step. Raises InputError for combinations vLLM refuses
-    (e.g. n > 1 with temperature 0)."""
+    (e.g. n > 1 with temperature 0).
+
+    Both choices below matter because vLLM turns every step's output into Python objects in *this*
+    process, per sample and per token, on the event loop; on a small CPU host that work competes with
+    the engine for cores (measured on 2 cores: 1.14 s of front-end CPU per 32k sampled tokens with
+    vLLM's defaults, 0.33 s with these):
+    - ``flat_logprobs``: one set of flat lists per sample instead of a dict and a Logprob object per
+      token.
+    - ``decode_here`` (the caller decodes finished samples with ``VLLMEngine.completion_text``, same
+      text): vLLM skips detokenizing token by token. Only where nothing needs text mid-request: a
+      stream sends text as it comes, and stop strings are found in text, so those keep vLLM's."""
     try:
-        return _sampling_params(opts, stream)
+        return _sampling_params(opts, stream, detokenize=stream or bool(opts.stop) or not decode_here)
     except VLLMClientError as exc:
         raise InputError(str(exc)) from None
 
 
-def _sampling_params(opts: SamplingOptions, stream: bool) -> SamplingParams:
+def _sampling_params(opts: SamplingOptions, stream: bool, detokenize: bool) -> SamplingParams:
     return SamplingParams(
         n=opts.n,
         max_tokens=opts.max_tokens,
@@ -101,40 +113,91 @@ def _sampling_params(opts: SamplingOptions, stream: bool) -> SamplingParams:
         stop=list(opts.stop) or None,
         ignore_eos=opts.ignore_eos,
         logprobs=opts.top_logprobs,
+        flat_logprobs=True,
+        detokenize=detokenize,
         # Non-streaming: one output holding all n samples. Streaming: per-sample deltas.
         output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
     )
 
 
-def to_sample(out: CompletionOutput, opts: SamplingOptions) -> Sample:
-    """A finished (or streamed-delta) vLLM completion as our Sample."""
+def to_sample(out: CompletionOutput, opts: SamplingOptions, text: str | None = None) -> Sample:
+    """A finished (or streamed-delta) vLLM completion as our Sample; ``text`` replaces vLLM's when the
+    caller decoded it (vLLM's is empty then)."""
     token_ids = tuple(out.token_ids)
     lps: tuple[float, ...] | None = None
     tops: tuple[dict[int, float], ...] | None = None
-    steps = [step for step in out.logprobs or () if step is not None]
-    if opts.logprobs and out.logprobs is not None and len(steps) == len(token_ids):
-        # Each step maps the sampled token and the top-k (rank 1..k) to their logprobs; the sampled
-        # token may sit outside the top-k, so the top-k is picked by rank, not by count.
-        lps = tuple(float(step[tok].logprob) for tok, step in zip(token_ids, steps, strict=True))
-        if opts.top_logprobs:
-            tops = tuple(
-                {
-                    int(t): float(lp.logprob)
-                    for t, lp in step.items()
-                    if lp.rank is not None and lp.rank <= opts.top_logprobs
-                }
-                for step in steps
-            )
+    if opts.logprobs and out.logprobs is not None and len(out.logprobs) == len(token_ids):
+        lps, tops = _logprobs(out.logprobs, token_ids, opts.top_logprobs)
     cum = out.cumulative_logprob
     return Sample(
         index=out.index,
-        text=out.text,
+        text=out.text if text is None else text,
         token_ids=token_ids,
         cumulative_logprob=None if cum is None or math.isnan(cum) else float(cum),
         finish_reason=out.finish_reason,
         logprobs=lps,
         top_logprobs=tops,
     )
+
+
+def _logprobs(
+    steps: Any, token_ids: tuple[int, ...], top_k: int
+) -> tuple[tuple[float, ...], tuple[dict[int, float], ...] | None]:
+    """Per-token logprobs of the sampled tokens, and the top-k maps when asked. Each step holds the
+    sampled token (at its own rank) and the top-k (ranks 1..k); the sampled token may sit outside the
+    top-k, so the top-k is picked by rank, not by count."""
+    if isinstance(steps, FlatLogprobs):  # what sampling_params asks for: read the flat lists directly
+        ids, values, ranks = steps.token_ids, steps.logprobs, steps.ranks
+        spans = list(zip(steps.start_indices, steps.end_indices, strict=True))
+        # vLLM's sampler puts the sampled token first in its step; looked up if that ever changes.
+        lps = tuple(
+            float(values[a if ids[a] == tok else ids.index(tok, a, b)])
+            for tok, (a, b) in zip(token_ids, spans, strict=True)
+        )
+        if not top_k:
+            return lps, None
+        tops = tuple(
+            {int(ids[j]): float(values[j]) for j in range(a, b) if (r := ranks[j]) is not None and r <= top_k}
+            for a, b in spans
+        )
+        return lps, tops
+    lps = tuple(float(step[tok].logprob) for tok, step in zip(token_ids, steps, strict=True))
+    if not top_k:
+        return lps, None
+    tops = tuple(
+        {int(t): float(lp.logprob) for t, lp in step.items() if lp.rank is not None and lp.rank <= top_k}
+        for step in steps
+    )
+    return lps, tops
+
+
+def decode_completion(
+    backend: Any, prompt_ids: list[int], token_ids: Sequence[int], stopped_on_token: bool
+) -> str:
+    """The text vLLM's own detokenizer gives a finished sample, from a fast tokenizer's Rust backend
+    (``tokenizer.backend_tokenizer``): each token decoded as it follows the prompt and the tokens before
+    it (tokenizers' DecodeStream, which holds back a partial UTF-8 character until a later token
+    completes it), special tokens skipped, and the token that stopped the sample (eos or a stop token
+    id) left out."""
+    if stopped_on_token:
+        token_ids = token_ids[:-1]
+    stream = DecodeStream(ids=prompt_ids, skip_special_tokens=True)
+    pieces = []
+    for tok in token_ids:
+        try:
+            piece = stream.step(backend, tok)
+        except (OverflowError, TypeError):  # an id the tokenizer cannot map: nothing to show
+            piece = None
+        except Exception as exc:
+            # Byte-level tokens can make the decoded prefix stop being a prefix (tokenizers raises
+            # "Invalid prefix encountered"); start a fresh stream at this token, as vLLM does.
+            if not str(exc).startswith("Invalid prefix"):
+                raise
+            stream = DecodeStream(skip_special_tokens=True)
+            piece = stream.step(backend, tok)
+        if piece:
+            pieces.append(piece)
+    return "".join(pieces)
 
 
 class VLLMEngine:
@@ -158,6 +221,9 @@ class VLLMEngine:
         self.model_type: str = str(getattr(hf, "model_type", "unknown"))
         self.architecture: str = str((getattr(hf, "architectures", None) or ["unknown"])[0])
         self.dtype: str = str(cfg.dtype).removeprefix("torch.")
+        # A fast tokenizer's Rust backend decodes finished samples here (completion_text); a slow one
+        # leaves detokenizing to vLLM.
+        self.decodes_text: bool = bool(getattr(self.tokenizer, "is_fast", False))
 
     @classmethod
     def start(cls, path: Path, settings: Settings) -> VLLMEngine:
@@ -197,6 +263,10 @@ class VLLMEngine:
             list(messages), tokenize=False, add_generation_prompt=True
         )
         return list(self.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+
+    def completion_text(self, prompt_ids: list[int], token_ids: Sequence[int], stopped_on_token: bool) -> str:
+        """``decode_completion`` with this engine's tokenizer (tokenizer thread only)."""
+        return decode_completion(self.tokenizer.backend_tokenizer, prompt_ids, token_ids, stopped_on_token)
 
     async def generate(
         self, request_id: str, prompt_ids: list[int], params: SamplingParams
