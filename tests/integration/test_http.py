@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -219,7 +220,9 @@ async def test_not_ready_while_loading(tiny_llama: Path, monkeypatch: pytest.Mon
         return await real_load(*args, **kwargs)
 
     monkeypatch.setattr(app_module, "load_scoring", gated_load)
-    srv = RewardServer(Settings(model=tiny_llama, port=0))
+    # As `rewardserve serve` runs it: once loaded, the start-up heap is frozen out of the collector.
+    srv = RewardServer(Settings(model=tiny_llama, port=0), freeze_heap=True)
+    gc.unfreeze()
     await srv.start()  # begins loading in the background
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{srv.http_port}", timeout=30) as c:
@@ -235,6 +238,8 @@ async def test_not_ready_while_loading(tiny_llama: Path, monkeypatch: pytest.Mon
                     break
                 await asyncio.sleep(0.05)
             assert r.status_code == 200
+            assert gc.get_freeze_count() > 10_000  # torch and the model, at least
             assert (await c.post("/v1/score", json={"inputs": [{"text": "x"}]})).status_code == 200
     finally:
         await srv.stop()
+        gc.unfreeze()  # the rest of the test session collects as usual
