@@ -143,14 +143,19 @@ class RewardServer:
         if self.runtime.scoring is None or self._generator_missing():
             self._tasks.append(asyncio.create_task(self._load(), name="load"))
         elif self.runtime.ready:
-            if self._freeze_heap:
-                _freeze_heap()
-            await self._grpc.set_serving()
+            await self._now_serving()
         while not self._http.started:  # uvicorn exposes no event for this
             if self._tasks[0].done():
                 await self._tasks[0]  # re-raise the startup failure
                 raise RuntimeError("HTTP server stopped during start-up")
             await asyncio.sleep(0.01)
+
+    async def _now_serving(self) -> None:
+        """Every model is loaded: freeze the start-up heap (when asked) and report gRPC health
+        SERVING (HTTP readiness reads the runtime)."""
+        if self._freeze_heap:
+            _freeze_heap()
+        await self._grpc.set_serving()
 
     def _generator_missing(self) -> bool:
         return self.settings.generator is not None and self.runtime.generation is None
@@ -164,9 +169,7 @@ class RewardServer:
 
                 self.runtime.generation = await start_generation(self.settings, self.runtime.metrics)
             if self.runtime.ready:
-                if self._freeze_heap:
-                    _freeze_heap()
-                await self._grpc.set_serving()  # gRPC health; HTTP readiness reads the runtime
+                await self._now_serving()
         except Exception as exc:
             self.runtime.load_error = str(exc)
             log.error("model failed to load: %s", exc)
