@@ -44,15 +44,15 @@ def resolve_model_path(settings: Settings) -> Path:
     return ensure_demo_model(settings.cache_dir, log=log.info)
 
 
-async def load_scoring(settings: Settings, metrics: Metrics | None = None) -> ScoringService:
+async def load_scoring(settings: Settings, metrics: Metrics) -> ScoringService:
     """Load, warm up and start the scoring service (blocking work runs in a thread)."""
     path = await asyncio.to_thread(resolve_model_path, settings)
     engine = await asyncio.to_thread(RewardEngine.load, path, settings)
     if settings.warmup:
         await asyncio.to_thread(engine.warmup)
-    service = ScoringService(engine, settings, metrics=metrics)
+    service = ScoringService(engine, settings, metrics)
     await service.start()
-    info = engine.info
+    info = service.info
     log.info(
         "model %r ready: %s on %s/%s, max %d tokens, %s batches, %s kernels, %d at once x %d threads",
         info.name,
@@ -62,7 +62,7 @@ async def load_scoring(settings: Settings, metrics: Metrics | None = None) -> Sc
         info.max_input_tokens,
         info.batch_strategy,
         info.kernels,
-        engine.workers,
+        service.workers,
         torch.get_num_threads(),
     )
     return service
@@ -98,21 +98,31 @@ def _freeze_heap() -> None:
 
 
 class RewardServer:
-    """HTTP and gRPC servers over one Runtime, in the caller's event loop."""
+    """HTTP and gRPC servers over one Runtime, in the caller's event loop.
+
+    ``metrics`` is the process's one Metrics: the services record into it and /metrics renders it.
+    Services built by the caller (``scoring``, ``generation``) must have been given the same one.
+    """
 
     def __init__(
         self,
         settings: Settings,
         *,
+        metrics: Metrics | None = None,
         scoring: ScoringService | None = None,
         generation: GenerationService | None = None,
         freeze_heap: bool = False,
     ) -> None:
+        metrics = Metrics() if metrics is None else metrics
+        for service in (scoring, generation):
+            if service is not None and service.metrics is not metrics:
+                raise ValueError(
+                    f"{type(service).__name__} records into another Metrics than this server exports; "
+                    "build it with the Metrics passed as RewardServer(metrics=...)"
+                )
         self.settings = settings
         self._freeze_heap = freeze_heap
-        self.runtime = Runtime(settings, scoring=scoring, generation=generation)
-        if scoring is not None:  # built by the caller: export its metrics from this server
-            self.runtime.metrics = scoring.metrics
+        self.runtime = Runtime(settings, metrics, scoring=scoring, generation=generation)
         self._sock = _bind(settings.host, settings.port)
         self.http_port: int = self._sock.getsockname()[1]
         config = uvicorn.Config(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rewardserve.config import Settings
@@ -19,11 +19,11 @@ class Runtime:
     """Services plus the lifecycle flags (loading -> ready -> draining)."""
 
     settings: Settings
+    metrics: Metrics  # the one instance: the services record into it, /metrics renders it
     scoring: ScoringService | None = None
     generation: GenerationService | None = None
     draining: bool = False
     load_error: str | None = None
-    metrics: Metrics = field(default_factory=Metrics)
 
     @property
     def ready(self) -> bool:

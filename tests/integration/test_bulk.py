@@ -18,12 +18,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from rewardserve.bulk import runner
-from rewardserve.bulk.inputs import BulkError
 from rewardserve.bulk.ray_runner import RayOptions
 from rewardserve.bulk.report import Summary
 from rewardserve.bulk.runner import BulkOptions, score_logs
 from rewardserve.bulk.shards import Layout, run_lock
 from rewardserve.config import Settings
+from rewardserve.errors import BulkError
 from rewardserve.scoring.engine import RewardEngine
 from rewardserve.scoring.types import ScoreInput
 from rewardserve.testing.server_thread import ServerThread

@@ -26,6 +26,7 @@ import pytest_asyncio
 from rewardserve.app import RewardServer, load_scoring
 from rewardserve.config import Settings
 from rewardserve.generation.service import GenerationService
+from rewardserve.metrics import Metrics
 
 pytestmark = [pytest.mark.vllm, pytest.mark.asyncio(loop_scope="module")]
 
@@ -504,7 +505,8 @@ async def test_empty_prompts_and_too_many_samples(served: Served, client: httpx.
 
 async def test_scoring_only_server_has_no_generator(tiny_llama: Path) -> None:
     settings = Settings(model=tiny_llama, port=0, grpc_port=0)
-    server = RewardServer(settings, scoring=await load_scoring(settings))
+    metrics = Metrics()
+    server = RewardServer(settings, metrics=metrics, scoring=await load_scoring(settings, metrics))
     await server.start()
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.http_port}", timeout=30) as c:

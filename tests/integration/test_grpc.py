@@ -31,10 +31,16 @@ from rewardserve._proto.inference import grpc_service_pb2 as kserve_pb2
 from rewardserve._proto.inference import grpc_service_pb2_grpc as kserve_grpc
 from rewardserve._proto.rewardserve.v1 import reward_pb2 as pb
 from rewardserve._proto.rewardserve.v1 import reward_pb2_grpc as pb_grpc
-from rewardserve.api.errors import AuthError
 from rewardserve.config import Settings
-from rewardserve.errors import InputError, ModelNotFound, NotReady
-from rewardserve.scoring.batcher import DeadlineExceeded, Draining, Overloaded
+from rewardserve.errors import (
+    AuthError,
+    DeadlineExceeded,
+    Draining,
+    InputError,
+    ModelNotFound,
+    NotReady,
+    Overloaded,
+)
 from rewardserve.scoring.engine import RewardEngine
 from rewardserve.scoring.types import ScoreInput
 from rewardserve.testing.server_thread import ServerThread

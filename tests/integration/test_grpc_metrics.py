@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rewardserve._proto.rewardserve.v1 import reward_pb2 as pb
 from rewardserve._proto.rewardserve.v1 import reward_pb2_grpc as pb_grpc
-from rewardserve.api.grpc_metrics import RequestMetricsInterceptor
+from rewardserve.api.grpc.metrics import RequestMetricsInterceptor
 from rewardserve.config import Settings
 from rewardserve.metrics import Metrics
 from rewardserve.testing.server_thread import ServerThread

@@ -14,13 +14,15 @@ import pytest
 
 from rewardserve.app import RewardServer, load_scoring
 from rewardserve.config import Settings
+from rewardserve.metrics import Metrics
 from rewardserve.scoring.types import Message, ScoreInput
 
 pytestmark = pytest.mark.asyncio
 
 
 async def _start(settings: Settings) -> RewardServer:
-    server = RewardServer(settings, scoring=await load_scoring(settings))
+    metrics = Metrics()
+    server = RewardServer(settings, metrics=metrics, scoring=await load_scoring(settings, metrics))
     await server.start()
     return server
 

@@ -12,13 +12,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rewardserve.app import RewardServer, load_scoring
 from rewardserve.config import Settings
-from rewardserve.metrics import RollingCorrelation
+from rewardserve.metrics import Metrics, RollingCorrelation
 
 
 @pytest.fixture
 async def client(tiny_llama: Path) -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(model=tiny_llama, port=0)
-    srv = RewardServer(settings, scoring=await load_scoring(settings))
+    metrics = Metrics()
+    srv = RewardServer(settings, metrics=metrics, scoring=await load_scoring(settings, metrics))
     await srv.start()
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{srv.http_port}", timeout=30) as c:
         yield c

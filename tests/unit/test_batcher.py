@@ -16,14 +16,8 @@ from typing import Any
 
 import pytest
 
-from rewardserve.scoring.batcher import (
-    Batcher,
-    BatchStats,
-    DeadlineExceeded,
-    Draining,
-    OutOfMemory,
-    Overloaded,
-)
+from rewardserve.errors import DeadlineExceeded, Draining, OutOfMemory, Overloaded
+from rewardserve.scoring.batcher import Batcher, BatchStats
 
 # A hang is a failure here, not a wait for the global 300 s timeout.
 pytestmark = pytest.mark.timeout(20)

@@ -1,16 +1,27 @@
 """One table from exceptions to what a client sees, shared by HTTP and gRPC.
 
 Clients get a short message and a type, never a traceback, a file path or an address: anything not
-listed here is an internal error with a generic message (the details go to the server log).
+in the table is an internal error with a generic message (the details go to the server log).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from rewardserve.errors import InputError, ModelNotFound, NotReady
-from rewardserve.scoring.batcher import DeadlineExceeded, Draining, Overloaded
+from rewardserve.errors import (
+    AuthError,
+    DeadlineExceeded,
+    Draining,
+    InvalidRequest,
+    ModelNotFound,
+    NotReady,
+    NotSupported,
+    Overloaded,
+    RewardServeError,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -24,26 +35,54 @@ class ErrorInfo:
     retry_after_s: float | None = None
 
 
-class AuthError(Exception):
-    """Missing or wrong credentials."""
+@dataclass(frozen=True)
+class _Rule:
+    http_status: int
+    grpc_code: str
+    type: str
+    # The client-safe message: fixed text where the exception's own could say too much or too little.
+    message: Callable[[BaseException], str]
+
+
+def _own(default: str) -> Callable[[BaseException], str]:
+    return lambda exc: str(exc) or default
+
+
+_CAPACITY = "server is at capacity; retry later"
+_DRAINING = "server is draining; retry on another replica"
+_LATE = "deadline exceeded before it was scored"
+
+
+def _fixed(text: str) -> Callable[[BaseException], str]:
+    return lambda _exc: text
+
+
+# Most specific first: the first class ``exc`` is an instance of decides. TimeoutError stands for
+# asyncio/anyio timeouts raised inside a handler; it is not ours, but it means the same as a deadline.
+_TABLE: tuple[tuple[type[BaseException], _Rule], ...] = (
+    (InvalidRequest, _Rule(422, "INVALID_ARGUMENT", "validation", _own("invalid request"))),
+    (ModelNotFound, _Rule(404, "NOT_FOUND", "not_found", _own("no such model"))),
+    (AuthError, _Rule(401, "UNAUTHENTICATED", "auth", _own("authentication required"))),
+    (NotSupported, _Rule(501, "UNIMPLEMENTED", "not_found", _own("not supported by this server"))),
+    (Overloaded, _Rule(429, "RESOURCE_EXHAUSTED", "overloaded", _fixed(_CAPACITY))),
+    (Draining, _Rule(503, "UNAVAILABLE", "unavailable", _fixed(_DRAINING))),
+    (NotReady, _Rule(503, "UNAVAILABLE", "unavailable", _own("server is not ready"))),
+    (Unavailable, _Rule(503, "UNAVAILABLE", "unavailable", _own("server is not ready"))),
+    (DeadlineExceeded, _Rule(504, "DEADLINE_EXCEEDED", "timeout", _fixed(_LATE))),
+    (TimeoutError, _Rule(504, "DEADLINE_EXCEEDED", "timeout", _fixed(_LATE))),
+)
+
+#: The exception classes the table maps (for transports that register handlers by class).
+MAPPED: tuple[type[Exception], ...] = (RewardServeError, TimeoutError)
 
 
 def classify(exc: BaseException) -> ErrorInfo:
     """What the client is told about ``exc``."""
-    if isinstance(exc, InputError):
-        return ErrorInfo(422, "INVALID_ARGUMENT", "validation", str(exc))
-    if isinstance(exc, ModelNotFound):
-        return ErrorInfo(404, "NOT_FOUND", "not_found", str(exc))
-    if isinstance(exc, Overloaded):
-        retry = max(1.0, float(getattr(exc, "retry_after_s", 1.0)))
-        return ErrorInfo(429, "RESOURCE_EXHAUSTED", "overloaded", "server is at capacity; retry later", retry)
-    if isinstance(exc, Draining):
-        return ErrorInfo(503, "UNAVAILABLE", "unavailable", "server is draining; retry on another replica")
-    if isinstance(exc, NotReady):
-        return ErrorInfo(503, "UNAVAILABLE", "unavailable", str(exc) or "server is not ready")
-    if isinstance(exc, DeadlineExceeded | TimeoutError):
-        return ErrorInfo(504, "DEADLINE_EXCEEDED", "timeout", "deadline exceeded before it was scored")
-    if isinstance(exc, AuthError):
-        return ErrorInfo(401, "UNAUTHENTICATED", "auth", str(exc) or "authentication required")
+    for cls, rule in _TABLE:
+        if isinstance(exc, cls):
+            retry = None
+            if isinstance(exc, Overloaded):  # 429 always carries Retry-After, at least one second
+                retry = max(1.0, float(exc.retry_after_s or 1.0))
+            return ErrorInfo(rule.http_status, rule.grpc_code, rule.type, rule.message(exc), retry)
     log.error("internal error", exc_info=exc)
     return ErrorInfo(500, "INTERNAL", "internal", "internal error; see the server log")

@@ -100,7 +100,7 @@ def check_model(runtime: Runtime, name: str, version: str) -> ModelInfo:
     scoring.check_model(name)
     if version not in ("", MODEL_VERSION):
         raise ModelNotFound(f"model {name!r} has no version {version!r}; versions: [{MODEL_VERSION!r}]")
-    return scoring.engine.info
+    return scoring.info
 
 
 def model_ready(runtime: Runtime, name: str, version: str) -> bool:

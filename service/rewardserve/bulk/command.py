@@ -102,10 +102,10 @@ def score_logs(
         torch_threads=torch_threads,
     )
     try:
-        from rewardserve.bulk.inputs import BulkError
         from rewardserve.bulk.ray_runner import RayOptions
         from rewardserve.bulk.runner import BulkOptions
         from rewardserve.bulk.runner import score_logs as run
+        from rewardserve.errors import BulkError
     except ModuleNotFoundError as exc:
         _missing_extra(exc)
 

@@ -19,6 +19,8 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rewardserve.errors import BulkError
+
 Format = Literal["jsonl", "parquet"]
 _FORMATS: dict[str, Format] = {
     ".jsonl": "jsonl",
@@ -29,14 +31,6 @@ _FORMATS: dict[str, Format] = {
 }
 # A JSON escape of a UTF-16 surrogate: json.loads accepts a lone one, but it is not valid UTF-8 text.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-
-
-class BulkError(Exception):
-    """A problem the user can fix (bad path, changed inputs, unreachable server); no traceback shown."""
-
-    def __init__(self, message: str, *, exit_code: int = 2) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def file_format(path: Path) -> Format:

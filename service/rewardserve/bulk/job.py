@@ -15,8 +15,9 @@ from typing import Any, Protocol
 import pyarrow.parquet as pq
 
 from rewardserve.bulk.inputs import InputFile, Shard, read_shard
-from rewardserve.bulk.rows import Columns, RowError, json_default, rows_to_table, to_input, with_rewards
+from rewardserve.bulk.rows import Columns, json_default, rows_to_table, to_input, with_rewards
 from rewardserve.bulk.shards import Layout, atomic_write
+from rewardserve.errors import RowError
 from rewardserve.scoring.types import ScoreInput, ScoreOutput
 
 # (rows, tokens) just finished; called as work completes so a progress bar can move inside a shard.

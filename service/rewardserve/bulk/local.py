@@ -11,8 +11,7 @@ from pathlib import Path
 
 from rewardserve.bulk.job import Failed, OnProgress
 from rewardserve.config import Settings
-from rewardserve.errors import InputError
-from rewardserve.scoring.batcher import OutOfMemory
+from rewardserve.errors import InputError, OutOfMemory
 from rewardserve.scoring.engine import RewardEngine
 from rewardserve.scoring.types import Encoded, ScoreInput, ScoreOutput
 

@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from rewardserve.bulk.inputs import BulkError, Shard
+from rewardserve.bulk.inputs import Shard
 from rewardserve.bulk.job import Job, ShardResult, process_shard
 from rewardserve.config import Settings
+from rewardserve.errors import BulkError
 
 log = logging.getLogger(__name__)
 

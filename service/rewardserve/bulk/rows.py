@@ -10,16 +10,12 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from rewardserve.bulk.inputs import BulkError
+from rewardserve.errors import BulkError, RowError
 from rewardserve.scoring.types import Message, ScoreInput, ScoreOutput
 
 Mode = Literal["pair", "messages", "text"]
 # Columns every output gets; an input column of the same name is replaced (rescoring an old output).
 OUTPUT_COLUMNS = ("reward", "reward_model", "scored_at")
-
-
-class RowError(ValueError):
-    """This row cannot be scored; the message is the reason written to the errors file."""
 
 
 @dataclass(frozen=True)

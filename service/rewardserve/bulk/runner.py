@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from rewardserve.bulk.inputs import BulkError, InputFile, Shard, expand_inputs, peek_columns, plan_shards
+from rewardserve.bulk.inputs import InputFile, Shard, expand_inputs, peek_columns, plan_shards
 from rewardserve.bulk.job import Job, Scorer, ShardResult, process_shard
 from rewardserve.bulk.ray_runner import RayOptions
 from rewardserve.bulk.report import RewardStats, Summary, write_histogram
@@ -31,6 +31,7 @@ from rewardserve.bulk.shards import (
     run_lock,
 )
 from rewardserve.config import Settings
+from rewardserve.errors import BulkError
 
 log = logging.getLogger("rewardserve.bulk")
 Engine = Literal["local", "server", "ray"]

@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 
-from rewardserve.bulk.inputs import BulkError
 from rewardserve.bulk.job import Failed, OnProgress
+from rewardserve.errors import BulkError
 from rewardserve.scoring.types import ScoreInput, ScoreOutput
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rewardserve.bulk.inputs import BulkError, InputFile, Shard
+from rewardserve.bulk.inputs import InputFile, Shard
 from rewardserve.bulk.rows import Columns, json_default, json_text
+from rewardserve.errors import BulkError
 
 MANIFEST_VERSION = 1
 

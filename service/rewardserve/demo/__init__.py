@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rewardserve.demo.build import (
-        DemoBuildError,
         DemoReport,
         build_demo_model,
         demo_model_dir,
         ensure_demo_model,
     )
+    from rewardserve.errors import DemoBuildError
 
 __all__ = ["DemoBuildError", "DemoReport", "build_demo_model", "demo_model_dir", "ensure_demo_model"]
 

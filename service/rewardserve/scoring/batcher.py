@@ -40,7 +40,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-__all__ = ["BatchStats", "Batcher", "DeadlineExceeded", "Draining", "OutOfMemory", "Overloaded"]
+from rewardserve.errors import DeadlineExceeded, Draining, OutOfMemory, Overloaded
+
+__all__ = ["BatchStats", "Batcher"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,26 +51,6 @@ _SHUTTING_DOWN = "the server is shutting down; retry on another replica"
 T = TypeVar("T")
 P = TypeVar("P")
 R = TypeVar("R")
-
-
-class Overloaded(Exception):
-    """Admission refused: too many requests or tokens queued. Retry after ``retry_after_s`` seconds."""
-
-    def __init__(self, message: str, *, retry_after_s: float) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class DeadlineExceeded(Exception):
-    """The request's deadline passed before all its items were computed."""
-
-
-class Draining(Exception):
-    """The batcher is closed or closing and accepts no more work."""
-
-
-class OutOfMemory(Exception):
-    """Raised BY ``run`` when the batch did not fit in memory: the batcher splits it and retries."""
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from rewardserve.config import BatchStrategy, Settings
-from rewardserve.errors import InputError
+from rewardserve.errors import InputError, OutOfMemory
 from rewardserve.scoring import packing
-from rewardserve.scoring.batcher import OutOfMemory
 from rewardserve.scoring.fused import FusedDecoder
 from rewardserve.scoring.types import Encoded, ModelInfo, ScoreInput, ScoreOutput
 

@@ -53,18 +53,15 @@ class ScoringService:
         self,
         engine: RewardEngine,
         settings: Settings,
-        *,
-        metrics: Metrics | None = None,
+        metrics: Metrics,
     ) -> None:
         self.engine = engine
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics
         self.settings = settings
         self.name = engine.info.name
         self.batcher: Batcher[Encoded, Prepared, ScoreOutput] = Batcher(
-            # Through the service, not engine.run bound now: the engine object is what callers (and
-            # tests) see and may wrap, and metrics hooks in here.
-            prepare=lambda items: self.engine.prepare(items),
-            run=lambda batch: self.engine.run(batch),
+            prepare=engine.prepare,
+            run=engine.run,
             batch_cost=engine.batch_cost,
             max_batch_tokens=max(settings.max_batch_tokens, engine.batch_cost([engine.max_input_tokens])),
             max_batch_rows=settings.max_batch_rows,
@@ -104,6 +101,21 @@ class ScoringService:
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no call is in flight (drain). True if idle before the timeout."""
         return await self._calls.wait_idle(timeout)
+
+    @property
+    def info(self) -> ModelInfo:
+        """What the served model is (name, architecture, head, objectives, limits)."""
+        return self.engine.info
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        """Names of the reward head's outputs (one for a scalar reward model)."""
+        return self.info.objectives
+
+    @property
+    def workers(self) -> int:
+        """Batches computed at once (one compute thread each)."""
+        return self.engine.workers
 
     def models(self) -> list[ModelInfo]:
         return [self.engine.info]

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from rewardserve.app import RewardServer, load_scoring
 from rewardserve.config import Settings
+from rewardserve.metrics import Metrics
 from rewardserve.scoring.service import ScoringService
 
 T = TypeVar("T")
@@ -62,8 +63,9 @@ class ServerThread:
         self._thread.start()
 
         async def boot() -> RewardServer:
-            scoring = await load_scoring(self.settings) if self.preload else None
-            server = RewardServer(self.settings, scoring=scoring)
+            metrics = Metrics()
+            scoring = await load_scoring(self.settings, metrics) if self.preload else None
+            server = RewardServer(self.settings, metrics=metrics, scoring=scoring)
             await server.start()
             return server
 

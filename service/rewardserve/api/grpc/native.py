@@ -14,7 +14,7 @@ import grpc.aio
 from pydantic import ValidationError
 
 from rewardserve._proto.rewardserve.v1 import reward_pb2, reward_pb2_grpc
-from rewardserve.api.grpc import error_info, time_left
+from rewardserve.api.grpc.status import error_info, time_left
 from rewardserve.api.schemas import InputIn, validation_message
 from rewardserve.errors import InputError, NotReady
 from rewardserve.runtime import Runtime
@@ -82,7 +82,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         outputs = await scoring.score(
             to_inputs(inputs), model=model or None, truncate=truncate, timeout=time_left(context)
         )
-        return score_response(scoring.name, outputs, scoring.engine.info.objectives)
+        return score_response(scoring.name, outputs, scoring.objectives)
 
     async def Score(self, request: reward_pb2.ScoreRequest, context: Context) -> reward_pb2.ScoreResponse:
         return await self._score(request.model, request.inputs, request.truncate, context)

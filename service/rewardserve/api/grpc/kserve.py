@@ -14,7 +14,7 @@ import grpc.aio
 from rewardserve._proto.inference import grpc_service_pb2 as pb
 from rewardserve._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from rewardserve.api import kserve
-from rewardserve.api.grpc import time_left
+from rewardserve.api.grpc.status import time_left
 from rewardserve.errors import InputError
 from rewardserve.runtime import Runtime
 

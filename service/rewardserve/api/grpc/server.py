@@ -1,10 +1,10 @@
 """gRPC transport: one grpc.aio server in the process's event loop, over the same Runtime as HTTP.
 
-It serves the native API (``rewardserve.v1.RewardService``, grpc_native.py), KServe V2
-(``inference.GRPCInferenceService``, grpc_kserve.py), ``grpc.health.v1`` and server reflection.
-Handlers raise the core's exceptions; ``ErrorInterceptor`` maps them to status codes through the
-same table as HTTP (api/errors.classify), so no handler formats an error and no traceback or path
-ever reaches a client.
+It serves the native API (``rewardserve.v1.RewardService``, native.py), KServe V2
+(``inference.GRPCInferenceService``, kserve.py), generation (generation.py), ``grpc.health.v1`` and
+server reflection. Handlers raise the core's exceptions; ``status.ErrorInterceptor`` maps them to
+status codes through the same table as HTTP (api/errors.classify), so no handler formats an error
+and no traceback or path ever reaches a client.
 
 Lifecycle (driven by app.py): ``start`` binds and listens with health NOT_SERVING; ``set_serving``
 once the model is warm; ``begin_drain`` on SIGTERM flips health to NOT_SERVING for good (new work
@@ -15,9 +15,7 @@ answered; ``stop`` closes the listener, letting in-flight RPCs finish within a g
 from __future__ import annotations
 
 import asyncio
-import math
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -29,100 +27,18 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from rewardserve._proto.inference import grpc_service_pb2 as kserve_pb2
 from rewardserve._proto.inference import grpc_service_pb2_grpc as kserve_grpc
 from rewardserve._proto.rewardserve.v1 import generation_pb2, generation_pb2_grpc, reward_pb2, reward_pb2_grpc
-from rewardserve.api.errors import ErrorInfo, classify
-from rewardserve.api.grpc_metrics import RequestMetricsInterceptor
+from rewardserve.api.grpc.generation import GenerationServicer
+from rewardserve.api.grpc.kserve import KServeServicer
+from rewardserve.api.grpc.metrics import RequestMetricsInterceptor
+from rewardserve.api.grpc.native import RewardServicer
+from rewardserve.api.grpc.status import ErrorInterceptor
 from rewardserve.runtime import Runtime
-from rewardserve.scoring.batcher import DeadlineExceeded
 
 NATIVE_SERVICE = reward_pb2.DESCRIPTOR.services_by_name["RewardService"].full_name
 KSERVE_SERVICE = kserve_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 # Served with or without --generator (without, its methods answer NOT_FOUND, as HTTP answers 404).
 GENERATION_SERVICE = generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name
 SERVICES = (NATIVE_SERVICE, KSERVE_SERVICE, GENERATION_SERVICE)
-# Methods whose exceptions the interceptor maps; health and reflection handle their own.
-_MAPPED_PREFIXES = tuple(f"/{name}/" for name in SERVICES)
-
-
-def error_info(exc: BaseException) -> tuple[grpc.StatusCode, ErrorInfo]:
-    """The status code and client-safe message for ``exc`` (the shared classify table)."""
-    info = classify(exc)
-    return grpc.StatusCode[info.grpc_code], info
-
-
-async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> NoReturn:
-    """End the RPC with the status ``exc`` maps to. RESOURCE_EXHAUSTED carries a ``retry-after``
-    trailer (seconds), as HTTP's 429 carries Retry-After."""
-    code, info = error_info(exc)
-    trailers: tuple[tuple[str, str], ...] = ()
-    if info.retry_after_s:
-        trailers = (("retry-after", str(math.ceil(info.retry_after_s))),)
-    await context.abort(code, info.message, trailing_metadata=trailers)
-    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
-
-
-def time_left(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
-    """The client's deadline as a timeout for the scoring service (None: the server's default).
-    An already-expired call is refused here, before any tokenizing."""
-    remaining: float | None = context.time_remaining()
-    if remaining is not None and remaining <= 0:
-        raise DeadlineExceeded("the client's deadline passed before the call started")
-    return remaining
-
-
-Behavior = Callable[..., Any]
-
-
-def _map_unary(behavior: Behavior) -> Behavior:
-    async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        try:
-            return await behavior(request, context)
-        except grpc.aio.AbortError:
-            raise  # already a status: the handler aborted on purpose
-        except Exception as exc:
-            await abort(context, exc)
-
-    return handler
-
-
-def _map_stream(behavior: Behavior) -> Behavior:
-    async def handler(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        try:
-            async for response in behavior(requests, context):
-                yield response
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            await abort(context, exc)
-
-    return handler
-
-
-class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Maps exceptions from our handlers to status codes (validation -> INVALID_ARGUMENT, overload ->
-    RESOURCE_EXHAUSTED, not ready/draining -> UNAVAILABLE, deadline -> DEADLINE_EXCEEDED, auth ->
-    UNAUTHENTICATED, unknown model -> NOT_FOUND, anything else -> INTERNAL with a generic message)."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or not details.method.startswith(_MAPPED_PREFIXES):
-            return handler
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _map_unary(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                _map_stream(handler.stream_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler  # no unary-stream / stream-unary methods in our protos
 
 
 def _reflection_pool() -> descriptor_pool.DescriptorPool:
@@ -162,15 +78,11 @@ class GrpcServer:
 
     async def start(self) -> int:
         """Bind ``host:grpc_port`` and start serving (health NOT_SERVING until ``set_serving``)."""
-        from rewardserve.api.grpc_generation import GenerationServicer
-        from rewardserve.api.grpc_kserve import KServeServicer
-        from rewardserve.api.grpc_native import RewardServicer
-
         settings = self.runtime.settings
         limit = settings.grpc_max_message_bytes
         server = grpc.aio.server(
             # Metrics first: the outermost layer sees the status after ErrorInterceptor mapped it.
-            interceptors=[RequestMetricsInterceptor(self.runtime.metrics), ErrorInterceptor()],
+            interceptors=[RequestMetricsInterceptor(self.runtime.metrics), ErrorInterceptor(SERVICES)],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),

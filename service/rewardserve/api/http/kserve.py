@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rewardserve.api import kserve
+from rewardserve.api.http.deps import RuntimeDep
 from rewardserve.api.schemas import validation_message
 from rewardserve.errors import InputError
 from rewardserve.runtime import Runtime
@@ -48,11 +49,6 @@ class _InferIn(BaseModel):
     parameters: dict[str, Any] = {}
     inputs: list[_TensorIn]
     outputs: list[_OutputIn] | None = None
-
-
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
 
 
 def _flat_strings(data: Any, name: str) -> list[bytes]:
@@ -135,8 +131,7 @@ def _ready(runtime: Runtime, name: str, version: str) -> JSONResponse:
     return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
 
 
-async def _infer(request: Request, name: str, version: str) -> Response:
-    runtime = _runtime(request)
+async def _infer(runtime: Runtime, request: Request, name: str, version: str) -> Response:
     if request.headers.get("content-encoding", "identity").lower() != "identity":
         raise InputError("compressed request bodies are not supported; send the body uncompressed")
     body, tensors = _parse(await request.body(), request.headers.get(HEADER_LENGTH))
@@ -183,8 +178,8 @@ async def live() -> dict[str, bool]:
 
 
 @router.get("/v2/health/ready")
-async def ready(request: Request) -> JSONResponse:
-    is_ready = _runtime(request).ready
+async def ready(runtime: RuntimeDep) -> JSONResponse:
+    is_ready = runtime.ready
     return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
 
@@ -195,30 +190,30 @@ async def server_metadata() -> dict[str, Any]:
 
 
 @router.get("/v2/models/{name}")
-async def model_metadata(request: Request, name: str) -> dict[str, Any]:
-    return _metadata(_runtime(request), name, "")
+async def model_metadata(runtime: RuntimeDep, name: str) -> dict[str, Any]:
+    return _metadata(runtime, name, "")
 
 
 @router.get("/v2/models/{name}/versions/{version}")
-async def model_version_metadata(request: Request, name: str, version: str) -> dict[str, Any]:
-    return _metadata(_runtime(request), name, version)
+async def model_version_metadata(runtime: RuntimeDep, name: str, version: str) -> dict[str, Any]:
+    return _metadata(runtime, name, version)
 
 
 @router.get("/v2/models/{name}/ready")
-async def model_ready(request: Request, name: str) -> JSONResponse:
-    return _ready(_runtime(request), name, "")
+async def model_ready(runtime: RuntimeDep, name: str) -> JSONResponse:
+    return _ready(runtime, name, "")
 
 
 @router.get("/v2/models/{name}/versions/{version}/ready")
-async def model_version_ready(request: Request, name: str, version: str) -> JSONResponse:
-    return _ready(_runtime(request), name, version)
+async def model_version_ready(runtime: RuntimeDep, name: str, version: str) -> JSONResponse:
+    return _ready(runtime, name, version)
 
 
 @router.post("/v2/models/{name}/infer")
-async def infer(request: Request, name: str) -> Response:
-    return await _infer(request, name, "")
+async def infer(runtime: RuntimeDep, request: Request, name: str) -> Response:
+    return await _infer(runtime, request, name, "")
 
 
 @router.post("/v2/models/{name}/versions/{version}/infer")
-async def infer_version(request: Request, name: str, version: str) -> Response:
-    return await _infer(request, name, version)
+async def infer_version(runtime: RuntimeDep, request: Request, name: str, version: str) -> Response:
+    return await _infer(runtime, request, name, version)

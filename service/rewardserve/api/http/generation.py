@@ -1,5 +1,5 @@
 """HTTP routes for policy generation: /v1/generate (JSON or server-sent events), /v1/rollout,
-/v1/generator/weights. Thin: parse, call the services on ``app.state.runtime``, shape the answer.
+/v1/generator/weights. Thin: parse, call the services (``deps.RuntimeDep``), shape the answer.
 
 A client that goes away aborts its work. Streams: ``EventStream`` watches for the disconnect while it
 sends, and cancelling the stream cancels its vLLM requests. Plain calls: the work runs as a task that
@@ -30,8 +30,9 @@ from rewardserve.api.generation_schemas import (
     WeightsRequest,
     WeightsResponse,
 )
+from rewardserve.api.http.deps import RuntimeDep
+from rewardserve.errors import ClientGone
 from rewardserve.generation.service import GenerationStream
-from rewardserve.runtime import Runtime
 
 T = TypeVar("T")
 
@@ -40,15 +41,6 @@ router = APIRouter()
 # nginx's code for "client closed the request": nobody reads it, but logs and metrics should not
 # count a walk-away as a success or a server error.
 _CLIENT_GONE = 499
-
-
-class _ClientGone(Exception):
-    pass
-
-
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
 
 
 async def _wait_disconnect(receive: Receive) -> None:
@@ -65,7 +57,7 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
         await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
         if task.done():
             return task.result()
-        raise _ClientGone
+        raise ClientGone
     finally:
         for t in (task, watch):
             t.cancel()
@@ -138,26 +130,25 @@ async def _sse(stream: GenerationStream, model: str) -> AsyncGenerator[bytes, No
 
 
 @router.post("/v1/generate", response_model=None)
-async def generate(body: GenerateRequest, request: Request) -> Response:
+async def generate(body: GenerateRequest, request: Request, runtime: RuntimeDep) -> Response:
     """n samples per prompt; ``"stream": true`` answers with server-sent events."""
-    gen = _runtime(request).require_generation()
+    gen = runtime.require_generation()
     prompts, opts = body.to_prompts(), body.to_options()
     if body.stream:
         stream = await gen.open_stream(prompts, opts, generator=body.model)
         return EventStream(_sse(stream, gen.name))
     try:
         result = await _unless_disconnected(request, gen.generate(prompts, opts, generator=body.model))
-    except _ClientGone:
+    except ClientGone:
         return Response(status_code=_CLIENT_GONE)
     return JSONResponse(GenerateResponse.build(gen.name, result).model_dump())
 
 
 @router.post("/v1/rollout", response_model=None)
-async def rollout(body: RolloutRequest, request: Request) -> Response:
+async def rollout(body: RolloutRequest, request: Request, runtime: RuntimeDep) -> Response:
     """Generate, score each sample with the reward model, group statistics (and GRPO advantages)."""
     from rewardserve.generation.rollout import rollout as run_rollout
 
-    runtime = _runtime(request)
     gen, scoring = runtime.require_generation(), runtime.require_scoring()
     work = run_rollout(
         gen,
@@ -172,14 +163,14 @@ async def rollout(body: RolloutRequest, request: Request) -> Response:
     )
     try:
         result = await _unless_disconnected(request, work)
-    except _ClientGone:
+    except ClientGone:
         return Response(status_code=_CLIENT_GONE)
     return JSONResponse(RolloutResponse.build(gen.name, result).model_dump())
 
 
 @router.post("/v1/generator/weights")
-async def reload_weights(body: WeightsRequest, request: Request) -> WeightsResponse:
+async def reload_weights(body: WeightsRequest, runtime: RuntimeDep) -> WeightsResponse:
     """Load a same-architecture checkpoint into the running policy; new generation waits meanwhile."""
-    gen = _runtime(request).require_generation()
+    gen = runtime.require_generation()
     version = await gen.reload_weights(Path(body.path))
     return WeightsResponse(model=gen.name, weights_version=version)

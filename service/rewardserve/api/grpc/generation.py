@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from rewardserve._proto.rewardserve.v1 import generation_pb2 as pb
 from rewardserve._proto.rewardserve.v1 import generation_pb2_grpc
 from rewardserve.api.generation_schemas import GenerateRequest, RolloutRequest
-from rewardserve.api.grpc import abort
+from rewardserve.api.grpc.status import abort
 from rewardserve.api.schemas import validation_message
 from rewardserve.errors import InputError
 from rewardserve.generation.rollout import RolloutResult

@@ -1,0 +1,109 @@
+"""HTTP transport (FastAPI): parse, validate, call the services, map errors. No torch here.
+
+``build_http_app`` assembles the app: the native routes below, generation (``generation.py``), KServe
+V2 (``kserve.py``), error handlers (``errors.py``) and middleware (``middleware.py``).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from rewardserve.api.http.deps import RuntimeDep
+from rewardserve.api.http.errors import install_error_handlers
+from rewardserve.api.http.generation import router as generation_router
+from rewardserve.api.http.kserve import router as kserve_router
+from rewardserve.api.http.middleware import BodyLimit, RequestMetrics
+from rewardserve.api.schemas import (
+    CompareRequest,
+    CompareResponse,
+    GeneratorCard,
+    GetRewardRequest,
+    GetRewardResponse,
+    ModelCard,
+    ModelList,
+    ScoreRequest,
+    ScoreResponse,
+)
+from rewardserve.errors import InputError
+from rewardserve.runtime import Runtime
+from rewardserve.scoring.types import ScoreInput
+
+router = APIRouter()
+
+
+@router.get("/metrics")
+async def metrics(runtime: RuntimeDep) -> Response:
+    return Response(runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/health/live")
+async def live() -> dict[str, str]:
+    return {"status": "live"}
+
+
+@router.get("/health/ready")
+async def ready(runtime: RuntimeDep) -> JSONResponse:
+    if runtime.ready:
+        return JSONResponse({"status": "ready"})
+    status = "draining" if runtime.draining else ("failed" if runtime.load_error else "loading")
+    return JSONResponse({"status": status}, status_code=503)
+
+
+@router.get("/v1/models")
+async def models(runtime: RuntimeDep) -> ModelList:
+    scoring = runtime.require_scoring()
+    cards: list[ModelCard | GeneratorCard] = [ModelCard.of(m) for m in scoring.models()]
+    if runtime.generation is not None:
+        cards.append(GeneratorCard.of(runtime.generation.info()))
+    return ModelList(data=cards)
+
+
+@router.post("/v1/score")
+async def score(body: ScoreRequest, runtime: RuntimeDep) -> ScoreResponse:
+    scoring = runtime.require_scoring()
+    inputs = [i.to_input() for i in body.inputs]
+    outputs = await scoring.score(inputs, model=body.model, truncate=body.truncate)
+    return ScoreResponse.build(scoring.name, outputs, scoring.objectives)
+
+
+@router.post("/v1/compare")
+async def compare(body: CompareRequest, runtime: RuntimeDep) -> CompareResponse:
+    # Bradley-Terry: P(a > b) = sigmoid(r_a - r_b); both sides scored in one call (same batches).
+    scoring = runtime.require_scoring()
+    pairs = [p.to_inputs() for p in body.pairs]
+    results = await scoring.compare(pairs, model=body.model, truncate=body.truncate)
+    return CompareResponse(
+        model=scoring.name,
+        probabilities=[r.probability for r in results],
+        margins=[r.margin for r in results],
+    )
+
+
+@router.post("/get_reward")
+async def get_reward(body: GetRewardRequest, runtime: RuntimeDep) -> GetRewardResponse:
+    # OpenRLHF's remote reward protocol: query is the full rendered text, scored as given.
+    scoring = runtime.require_scoring()
+    if body.prompts is not None and body.prompts and len(body.prompts) != len(body.query):
+        raise InputError(f"prompts has {len(body.prompts)} items but query has {len(body.query)}")
+    # Truncated rather than refused when too long, as OpenRLHF's own serve_rm does: a 422 in the
+    # middle of a training run would stop the run for one long sample.
+    outputs = await scoring.score([ScoreInput(text=q) for q in body.query], truncate=True)
+    rewards = [o.score for o in outputs]
+    logs = {"reward_tokens": [float(o.tokens) for o in outputs]}
+    return GetRewardResponse(rewards=rewards, scores=rewards, extra_logs=logs)
+
+
+def build_http_app(runtime: Runtime) -> FastAPI:
+    """The HTTP app over ``runtime``'s services (lifecycle is owned by app.py, not by FastAPI)."""
+    app = FastAPI(title="rewardserve", version="0.1.0", docs_url="/docs", redoc_url=None)
+    app.state.runtime = runtime  # read by deps.get_runtime, the one way handlers reach services
+    install_error_handlers(app)
+    app.include_router(router)  # health, metrics, /v1/models, /v1/score, /v1/compare, /get_reward
+    app.include_router(generation_router)  # /v1/generate, /v1/rollout, /v1/generator/weights
+    app.include_router(kserve_router)  # KServe V2 / Open Inference Protocol under /v2
+    app.add_middleware(BodyLimit, max_bytes=runtime.settings.max_body_bytes)
+    # Outermost, so a 413 from BodyLimit is counted too.
+    app.add_middleware(RequestMetrics, metrics=runtime.metrics)
+    return app
