@@ -14,7 +14,7 @@ import gc
 import logging
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,7 +27,7 @@ from rewardserve.config import Settings
 from rewardserve.metrics import Metrics
 from rewardserve.runtime import Runtime
 from rewardserve.scoring.engine import RewardEngine
-from rewardserve.scoring.service import ScoringService
+from rewardserve.scoring.service import ScoringModel, ScoringService
 
 if TYPE_CHECKING:  # imported only with --generator: a scoring-only server never loads vllm
     from rewardserve.generation.service import GenerationService
@@ -44,13 +44,24 @@ def resolve_model_path(settings: Settings) -> Path:
     return ensure_demo_model(settings.cache_dir, log=log.info)
 
 
-async def load_scoring(settings: Settings, metrics: Metrics) -> ScoringService:
-    """Load, warm up and start the scoring service (blocking work runs in a thread)."""
+async def load_engine(settings: Settings) -> RewardEngine:
+    """Load and warm up the reward model (blocking work runs in a thread)."""
     path = await asyncio.to_thread(resolve_model_path, settings)
     engine = await asyncio.to_thread(RewardEngine.load, path, settings)
     if settings.warmup:
         await asyncio.to_thread(engine.warmup)
-    service = ScoringService(engine, settings, metrics)
+    return engine
+
+
+#: How the scoring model is loaded; tests pass one that wraps the engine (see ScoringModel).
+ModelLoader = Callable[[Settings], Awaitable[ScoringModel]]
+
+
+async def load_scoring(
+    settings: Settings, metrics: Metrics, load_model: ModelLoader = load_engine
+) -> ScoringService:
+    """Load the model, then build and start the scoring service over it."""
+    service = ScoringService(await load_model(settings), settings, metrics)
     await service.start()
     info = service.info
     log.info(
@@ -111,6 +122,7 @@ class RewardServer:
         metrics: Metrics | None = None,
         scoring: ScoringService | None = None,
         generation: GenerationService | None = None,
+        load_model: ModelLoader = load_engine,
         freeze_heap: bool = False,
     ) -> None:
         metrics = Metrics() if metrics is None else metrics
@@ -122,6 +134,7 @@ class RewardServer:
                 )
         self.settings = settings
         self._freeze_heap = freeze_heap
+        self._load_model = load_model
         self.runtime = Runtime(settings, metrics, scoring=scoring, generation=generation)
         self._sock = _bind(settings.host, settings.port)
         self.http_port: int = self._sock.getsockname()[1]
@@ -173,7 +186,8 @@ class RewardServer:
     async def _load(self) -> None:
         try:
             if self.runtime.scoring is None:
-                self.runtime.scoring = await load_scoring(self.settings, self.runtime.metrics)
+                scoring = await load_scoring(self.settings, self.runtime.metrics, self._load_model)
+                self.runtime.scoring = scoring
             if self._generator_missing() and not self.runtime.draining:
                 from rewardserve.generation.service import start_generation
 

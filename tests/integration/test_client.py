@@ -28,6 +28,7 @@ from rewardserve.client import (
     Unavailable,
 )
 from rewardserve.config import Settings
+from rewardserve.testing.gated import gated, gated_loader
 from rewardserve.testing.server_thread import ServerThread
 
 # The same input scored in differently composed batches: the fused CPU forward's oneDNN kernels
@@ -254,34 +255,22 @@ def test_round_robin_then_failover_when_a_server_dies(tiny_llama: Path) -> None:
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_overload_is_retried_after_retry_after(tiny_llama: Path, transport: str) -> None:
-    with ServerThread(_settings(tiny_llama, max_queued_requests=1)) as s:
-        engine = s.scoring.engine
-        gate, entered, refused = threading.Event(), threading.Event(), threading.Event()
-        real_run = engine.run
-
-        def gated_run(batch: Any) -> Any:
-            entered.set()
-            gate.wait(30)
-            return real_run(batch)
-
+    with ServerThread(_settings(tiny_llama, max_queued_requests=1), load_model=gated_loader) as s:
+        refused = threading.Event()
         events: list[RetryEvent] = []
 
         def on_retry(e: RetryEvent) -> None:
             events.append(e)
             refused.set()
-            gate.set()  # the server can go on once the client has been refused and is waiting
+            gate.release.set()  # the server can go on once the client has been refused and is waiting
 
-        engine.run = gated_run  # type: ignore[method-assign]
-        try:
+        with gated(s.scoring.engine) as gate:
             holder = threading.Thread(target=lambda: _v1_score(s, [{"text": "first"}]))
             holder.start()
-            assert entered.wait(30)
+            assert gate.entered.wait(30)
             with RewardClient(_url(s, transport), on_retry=on_retry) as rm:
                 (reward,) = rm.score(["second"])
             holder.join(30)
-        finally:
-            gate.set()
-            engine.run = real_run  # type: ignore[method-assign]
         assert refused.is_set() and len(events) == 1
         (event,) = events
         assert isinstance(event.error, Overloaded) and event.error.status in (429, "RESOURCE_EXHAUSTED")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import statistics
 import sys
@@ -308,39 +309,50 @@ async def test_stream_sse_matches_unary(client: httpx.AsyncClient) -> None:
             assert got["finish_reason"] == s["finish_reason"]
 
 
-async def _assert_aborted_in_engine(gen: GenerationService, known: int) -> None:
-    """A request beyond the first ``known`` aborts was aborted, and the engine no longer holds it."""
-    assert await _poll(lambda: len(gen.aborted) > known), "no request was aborted"
-    request_id = gen.aborted[-1]
+_ABORTED = "generation %s aborted before it finished"
+
+
+async def _assert_aborted_in_engine(
+    gen: GenerationService, ids: set[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The vLLM requests ``ids`` (seen in flight) were aborted, and the engine no longer holds them."""
+    assert ids, "no request reached the engine"
     llm = gen.engine.llm
     assert await _poll(lambda: gen.engine.num_unfinished() == 0 and not gen.active)
-    assert request_id not in llm.output_processor.external_req_ids
+    assert not ids & set(llm.output_processor.external_req_ids)
+    aborted = {r.args[0] for r in caplog.records if r.msg == _ABORTED and isinstance(r.args, tuple)}
+    assert ids <= aborted, f"not aborted (finished?): {ids - aborted}"
 
 
-async def test_stream_disconnect_aborts_the_engine_request(served: Served, client: httpx.AsyncClient) -> None:
+async def test_stream_disconnect_aborts_the_engine_request(
+    served: Served, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="rewardserve.generation.service")
     gen = served.gen
-    known = len(gen.aborted)
     body = {"prompts": PROMPTS[:1], "n": 2, "max_tokens": 1000, "ignore_eos": True, "stream": True}
     async with client.stream("POST", "/v1/generate", json=body) as r:
         assert r.status_code == 200
         async for line in r.aiter_lines():
             if line.startswith("data: "):
                 break  # one token in: walk away with ~2000 tokens still to generate
-    await _assert_aborted_in_engine(gen, known)
+        ids = set(gen.active)
+    await _assert_aborted_in_engine(gen, ids, caplog)
 
 
-async def test_cancelled_plain_request_aborts_the_engine_request(served: Served) -> None:
+async def test_cancelled_plain_request_aborts_the_engine_request(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="rewardserve.generation.service")
     gen = served.gen
-    known = len(gen.aborted)
     async with httpx.AsyncClient(base_url=served.url, timeout=120) as c:
         body = {"prompts": PROMPTS, "max_tokens": 1000, "ignore_eos": True}
         task = asyncio.create_task(c.post("/v1/generate", json=body))
         assert await _poll(lambda: len(gen.active) == 2), "requests never reached the engine"
+        ids = set(gen.active)  # both prompts' requests
         task.cancel()  # closes the connection, as a client timeout or Ctrl-C does
         with pytest.raises(asyncio.CancelledError):
             await task
-    await _assert_aborted_in_engine(gen, known)
-    assert len(gen.aborted) >= known + 2  # both prompts' requests
+    await _assert_aborted_in_engine(gen, ids, caplog)
 
 
 # --- rollout --------------------------------------------------------------------------------------
@@ -604,7 +616,8 @@ async def test_grpc_rollout_matches_http(client: httpx.AsyncClient, stub: Any) -
         )
 
 
-async def test_grpc_errors_and_cancel(served: Served, stub: Any) -> None:
+async def test_grpc_errors_and_cancel(served: Served, stub: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="rewardserve.generation.service")
     from rewardserve._proto.rewardserve.v1 import generation_pb2 as pb
 
     cases = [
@@ -626,11 +639,11 @@ async def test_grpc_errors_and_cancel(served: Served, stub: Any) -> None:
     # proto3 cannot tell an empty list from a missing one: no prompts at all is an empty call.
     assert len((await stub.Generate(pb.GenerateRequest())).results) == 0
     gen = served.gen
-    known = len(gen.aborted)
     call = stub.GenerateStream(
         pb.GenerateRequest(prompts=PROMPTS[:1], sampling=pb.SamplingParams(max_tokens=1000, ignore_eos=True))
     )
     async for _ in call:
         break
+    ids = set(gen.active)
     call.cancel()
-    await _assert_aborted_in_engine(gen, known)
+    await _assert_aborted_in_engine(gen, ids, caplog)

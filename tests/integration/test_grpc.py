@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +40,8 @@ from rewardserve.errors import (
     NotReady,
     Overloaded,
 )
-from rewardserve.scoring.engine import RewardEngine
 from rewardserve.scoring.types import ScoreInput
+from rewardserve.testing.gated import gated, gated_loader
 from rewardserve.testing.server_thread import ServerThread
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -85,36 +84,8 @@ def tight(tiny_llama: Path) -> Iterator[ServerThread]:
         grpc_max_message_bytes=64 * 1024,
         compute_workers=1,
     )
-    with ServerThread(settings) as s:
+    with ServerThread(settings, load_model=gated_loader) as s:
         yield s
-
-
-@dataclass
-class Gate:
-    """engine.run blocks until ``release``; ``seen`` records every sequence that reached it."""
-
-    entered: threading.Event = field(default_factory=threading.Event)
-    release: threading.Event = field(default_factory=threading.Event)
-    seen: list[list[int]] = field(default_factory=list)
-
-
-@contextlib.contextmanager
-def gated(engine: RewardEngine) -> Iterator[Gate]:
-    gate = Gate()
-    real_run = engine.run
-
-    def run(batch: Any) -> Any:
-        gate.seen.extend(list(e.input_ids) for e in batch.items)
-        gate.entered.set()
-        gate.release.wait(60)
-        return real_run(batch)
-
-    engine.run = run  # type: ignore[method-assign]
-    try:
-        yield gate
-    finally:
-        gate.release.set()
-        del engine.run  # back to the class's method
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -445,7 +416,9 @@ def test_health_follows_loading_and_draining(tiny_llama: Path, monkeypatch: pyte
         return await real_load(*args, **kwargs)
 
     monkeypatch.setattr(app_module, "load_scoring", held_load)
-    srv = ServerThread(Settings(model=tiny_llama, port=0, grpc_port=0), preload=False).start()
+    srv = ServerThread(
+        Settings(model=tiny_llama, port=0, grpc_port=0), preload=False, load_model=gated_loader
+    ).start()
     statuses: queue.Queue[int] = queue.Queue()
     channel = grpc.insecure_channel(srv.grpc_target)
     health = health_pb2_grpc.HealthStub(channel)

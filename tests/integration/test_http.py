@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,15 @@ from rewardserve.app import RewardServer, load_scoring
 from rewardserve.config import Settings
 from rewardserve.metrics import Metrics
 from rewardserve.scoring.types import Message, ScoreInput
+from rewardserve.testing.gated import GatedModel, gated, gated_loader
 
 pytestmark = pytest.mark.asyncio
 
 
 async def _start(settings: Settings) -> RewardServer:
     metrics = Metrics()
-    server = RewardServer(settings, metrics=metrics, scoring=await load_scoring(settings, metrics))
+    scoring = await load_scoring(settings, metrics, gated_loader)
+    server = RewardServer(settings, metrics=metrics, scoring=scoring)
     await server.start()
     return server
 
@@ -166,38 +167,28 @@ async def test_body_limit_413(tiny_llama: Path) -> None:
 
 async def test_overload_429_with_retry_after(tiny_llama: Path) -> None:
     srv = await _start(Settings(model=tiny_llama, port=0, max_queued_requests=1))
-    engine = srv.runtime.require_scoring().engine
-    gate, entered = threading.Event(), threading.Event()
-    real_run = engine.run
-
-    def gated_run(batch: Any) -> Any:
-        entered.set()
-        gate.wait(30)
-        return real_run(batch)
-
-    engine.run = gated_run  # type: ignore[method-assign]
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{srv.http_port}", timeout=30) as c:
-            first = asyncio.create_task(c.post("/v1/score", json={"inputs": [{"text": "first"}]}))
-            assert await asyncio.to_thread(entered.wait, 10)
-            r = await c.post("/v1/score", json={"inputs": [{"text": "second"}]})
-            assert r.status_code == 429 and r.json()["type"] == "overloaded"
-            assert int(r.headers["retry-after"]) >= 1
-            gate.set()
-            assert (await first).status_code == 200
+        with gated(srv.runtime.require_scoring().engine) as gate:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{srv.http_port}", timeout=30) as c:
+                first = asyncio.create_task(c.post("/v1/score", json={"inputs": [{"text": "first"}]}))
+                assert await asyncio.to_thread(gate.entered.wait, 10)
+                r = await c.post("/v1/score", json={"inputs": [{"text": "second"}]})
+                assert r.status_code == 429 and r.json()["type"] == "overloaded"
+                assert int(r.headers["retry-after"]) >= 1
+                gate.release.set()
+                assert (await first).status_code == 200
     finally:
-        gate.set()
         await srv.stop()
 
 
 async def test_internal_errors_are_sanitized(server: RewardServer, client: httpx.AsyncClient) -> None:
-    engine = server.runtime.require_scoring().engine
-
-    def broken(batch: Any) -> Any:
-        raise RuntimeError("boom at /secret/path/model.py line 3")
-
-    engine.run = broken  # type: ignore[method-assign]
-    r = await client.post("/v1/score", json={"inputs": [{"text": "x"}]})
+    model = server.runtime.require_scoring().engine
+    assert isinstance(model, GatedModel)
+    model.failure = RuntimeError("boom at /secret/path/model.py line 3")
+    try:
+        r = await client.post("/v1/score", json={"inputs": [{"text": "x"}]})
+    finally:
+        model.failure = None
     assert r.status_code == 500
     assert r.json() == {"error": "internal error; see the server log", "type": "internal"}
 

@@ -11,8 +11,8 @@ Nothing is dropped: a call either ran before the swap or waits for it (bounded b
 generator_reload_timeout_s, then 503).
 
 Cancellation: a caller that goes away cancels the task awaiting the call; that cancels each prompt's
-vLLM iterator, and AsyncLLM aborts the request in the engine. ``aborted`` keeps the last ids aborted
-this way, for tests and logs.
+vLLM iterator, and AsyncLLM aborts the request in the engine. Each such abort is logged with its
+request id.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -47,8 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_ABORTED_KEPT = 1024
-
 
 class GenerationService:
     """Policy sampling over one vLLM engine, with reloadable weights."""
@@ -68,7 +65,6 @@ class GenerationService:
         self._calls = InFlight()
         self._closed = False
         self.active: set[str] = set()  # vLLM request ids submitted and not finished
-        self.aborted: deque[str] = deque(maxlen=_ABORTED_KEPT)  # ids aborted before they finished
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -251,7 +247,6 @@ class GenerationService:
         finally:
             self.active.discard(request_id)
             if not finished:
-                self.aborted.append(request_id)
                 log.info("generation %s aborted before it finished", request_id)
 
     def _request_id(self) -> str:

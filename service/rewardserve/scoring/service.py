@@ -13,13 +13,14 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 from rewardserve.config import Settings
 from rewardserve.errors import InputError, ModelNotFound
 from rewardserve.inflight import InFlight
 from rewardserve.metrics import Metrics
 from rewardserve.scoring.batcher import Batcher, BatchStats
-from rewardserve.scoring.engine import Prepared, RewardEngine
+from rewardserve.scoring.engine import Prepared
 from rewardserve.scoring.types import Encoded, ModelInfo, ScoreInput, ScoreOutput
 
 
@@ -46,12 +47,28 @@ class Comparison:
         return cls(margin, sigmoid(margin), a, b)
 
 
+class ScoringModel(Protocol):
+    """What the service needs of a model: ``RewardEngine`` in production; tests pass a wrapper
+    (``rewardserve.testing.gated.GatedModel``) to hold or break ``run``."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+    @property
+    def workers(self) -> int: ...
+    @property
+    def max_input_tokens(self) -> int: ...
+    def encode(self, inp: ScoreInput, *, truncate: bool) -> Encoded: ...
+    def batch_cost(self, lengths: Sequence[int]) -> int: ...
+    def prepare(self, items: list[Encoded]) -> Prepared: ...
+    def run(self, batch: Prepared) -> list[ScoreOutput]: ...
+
+
 class ScoringService:
     """Scores inputs on one reward model through a token-budget batcher."""
 
     def __init__(
         self,
-        engine: RewardEngine,
+        engine: ScoringModel,
         settings: Settings,
         metrics: Metrics,
     ) -> None:

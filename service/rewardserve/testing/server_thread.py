@@ -13,7 +13,7 @@ from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
-from rewardserve.app import RewardServer, load_scoring
+from rewardserve.app import ModelLoader, RewardServer, load_engine, load_scoring
 from rewardserve.config import Settings
 from rewardserve.metrics import Metrics
 from rewardserve.scoring.service import ScoringService
@@ -25,11 +25,20 @@ class ServerThread:
     """``with ServerThread(settings) as srv:`` serves until the block ends.
 
     ``preload`` loads the model before the server starts (so it is ready at once); without it the
-    server loads in the background, as ``rewardserve serve`` does.
+    server loads in the background, as ``rewardserve serve`` does. ``load_model`` replaces how the
+    model is loaded (``testing.gated.gated_loader`` wraps it to hold or break its forward pass).
     """
 
-    def __init__(self, settings: Settings, *, preload: bool = True, timeout: float = 300.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        preload: bool = True,
+        timeout: float = 300.0,
+        load_model: ModelLoader = load_engine,
+    ) -> None:
         self.settings = settings
+        self.load_model = load_model
         self.preload = preload
         self.timeout = timeout
         self.loop = asyncio.new_event_loop()
@@ -64,8 +73,8 @@ class ServerThread:
 
         async def boot() -> RewardServer:
             metrics = Metrics()
-            scoring = await load_scoring(self.settings, metrics) if self.preload else None
-            server = RewardServer(self.settings, metrics=metrics, scoring=scoring)
+            scoring = await load_scoring(self.settings, metrics, self.load_model) if self.preload else None
+            server = RewardServer(self.settings, metrics=metrics, scoring=scoring, load_model=self.load_model)
             await server.start()
             return server
 
