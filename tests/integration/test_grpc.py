@@ -40,6 +40,7 @@ from rewardserve.errors import (
     NotReady,
     Overloaded,
 )
+from rewardserve.scoring.service import ScoringModel
 from rewardserve.scoring.types import ScoreInput
 from rewardserve.testing.gated import gated, gated_loader
 from rewardserve.testing.server_thread import ServerThread
@@ -405,20 +406,17 @@ def test_reflection_describes_every_service(channel: grpc.Channel, http: httpx.C
     assert list(reply.scores) == pytest.approx(want, abs=1e-6)
 
 
-def test_health_follows_loading_and_draining(tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_health_follows_loading_and_draining(tiny_llama: Path) -> None:
     """NOT_SERVING while the model loads, SERVING once warm, NOT_SERVING again as soon as a drain
     begins; in-flight calls finish during the drain and new ones get UNAVAILABLE."""
     release = threading.Event()
-    real_load = app_module.load_scoring
 
-    async def held_load(*args: Any, **kwargs: Any) -> Any:
+    async def held_load(settings: Settings) -> ScoringModel:
         assert await asyncio.to_thread(release.wait, 60)
-        return await real_load(*args, **kwargs)
+        return await gated_loader(settings)
 
-    monkeypatch.setattr(app_module, "load_scoring", held_load)
-    srv = ServerThread(
-        Settings(model=tiny_llama, port=0, grpc_port=0), preload=False, load_model=gated_loader
-    ).start()
+    settings = Settings(model=tiny_llama, port=0, grpc_port=0)
+    srv = ServerThread(settings, preload=False, load_model=held_load).start()
     statuses: queue.Queue[int] = queue.Queue()
     channel = grpc.insecure_channel(srv.grpc_target)
     health = health_pb2_grpc.HealthStub(channel)

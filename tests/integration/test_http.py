@@ -11,9 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
-from rewardserve.app import RewardServer, load_scoring
+from rewardserve.app import RewardServer, load_engine, load_scoring
 from rewardserve.config import Settings
 from rewardserve.metrics import Metrics
+from rewardserve.scoring.service import ScoringModel
 from rewardserve.scoring.types import Message, ScoreInput
 from rewardserve.testing.gated import GatedModel, gated, gated_loader
 
@@ -202,19 +203,15 @@ async def test_draining_refuses_new_work(server: RewardServer, client: httpx.Asy
     server.runtime.draining = False
 
 
-async def test_not_ready_while_loading(tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import rewardserve.app as app_module
-
+async def test_not_ready_while_loading(tiny_llama: Path) -> None:
     loaded = asyncio.Event()  # the model load waits for this, so "loading" is observed for sure
-    real_load = app_module.load_scoring
 
-    async def gated_load(*args: Any, **kwargs: Any) -> Any:
+    async def held_load(settings: Settings) -> ScoringModel:
         await loaded.wait()
-        return await real_load(*args, **kwargs)
+        return await load_engine(settings)
 
-    monkeypatch.setattr(app_module, "load_scoring", gated_load)
     # As `rewardserve serve` runs it: once loaded, the start-up heap is frozen out of the collector.
-    srv = RewardServer(Settings(model=tiny_llama, port=0), freeze_heap=True)
+    srv = RewardServer(Settings(model=tiny_llama, port=0), load_model=held_load, freeze_heap=True)
     gc.unfreeze()
     await srv.start()  # begins loading in the background
     try:

@@ -2,7 +2,7 @@
 
 Requests are turned into the HTTP request models (api/generation_schemas.py) and validated there, so a
 bad request is refused for the same reason with the same message whichever transport brought it.
-Unary errors are mapped by grpc.py's ErrorInterceptor; the server-streaming method maps its own (the
+Unary errors are mapped by status.py's ErrorInterceptor; the server-streaming method maps its own (the
 interceptor wraps unary and bidi methods only). A cancelled call cancels its handler task, which
 cancels the vLLM requests: the engine aborts them.
 """

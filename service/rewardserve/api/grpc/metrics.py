@@ -1,4 +1,4 @@
-"""gRPC request metrics: the twin of HTTP's ``RequestMetrics`` middleware (api/http.py).
+"""gRPC request metrics: the twin of HTTP's ``RequestMetrics`` middleware (api/http/middleware.py).
 
 Every RPC is counted in ``rewardserve_requests_total{transport="grpc", endpoint=<full method>,
 code=<status name>}`` when it ends, and refusals in ``rewardserve_rejected_total{reason}`` with the
@@ -6,7 +6,7 @@ same reasons as HTTP. Unary calls are also timed in ``rewardserve_request_durati
 stream's lifetime (a health Watch lasts as long as its client) is not a request latency, so streams
 are counted but not timed.
 
-This interceptor must come first in the server's list, before ``grpc.ErrorInterceptor``: the first
+This interceptor must come first in the server's list, before ``status.ErrorInterceptor``: the first
 interceptor wraps the outermost layer, so it sees the status code after exceptions were mapped.
 """
 

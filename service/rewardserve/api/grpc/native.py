@@ -69,7 +69,7 @@ def model_card(info: ModelInfo) -> reward_pb2.ModelCard:
 
 
 class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
-    """Thin handlers over ``runtime.scoring``; exceptions are mapped by grpc.ErrorInterceptor."""
+    """Thin handlers over ``runtime.scoring``; exceptions are mapped by status.ErrorInterceptor."""
 
     def __init__(self, runtime: Runtime, draining: asyncio.Event) -> None:
         self.runtime = runtime
