@@ -15,7 +15,6 @@ import logging
 import signal
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch

@@ -277,8 +277,9 @@ class Batcher(Generic[T, P, R]):
             if cost > self._budget_limit:
                 raise ValueError(
                     f"input {i} has {tokens[i]} tokens (batch cost {cost}), more than max_batch_tokens="
-                    f"{self._budget_limit}, so it can never be batched; raise {setting_name('max_batch_tokens')} "
-                    f"or lower {setting_name('max_input_tokens')} (or truncate the input)"
+                    f"{self._budget_limit}, so it can never be batched; raise "
+                    f"{setting_name('max_batch_tokens')} or lower {setting_name('max_input_tokens')} "
+                    "(or truncate the input)"
                 )
         total = sum(tokens)
         if total > self._max_queued_tokens:
