@@ -62,7 +62,8 @@ def score_logs(
     concurrency: Annotated[int, typer.Option(help="Requests in flight.", rich_help_panel=_SERVER)] = 8,
     batch_size: Annotated[int, typer.Option(help="Rows per request.", rich_help_panel=_SERVER)] = 64,
     max_retries: Annotated[
-        int, typer.Option(help="Retries per request (429/503/504/network).", rich_help_panel=_SERVER)
+        int,
+        typer.Option(help="Retries per request (429/502/503, connection failures).", rich_help_panel=_SERVER),
     ] = 10,
     ray_address: Annotated[
         str | None, typer.Option(help="Existing cluster; default: start a local one.", rich_help_panel=_RAY)
@@ -80,8 +81,10 @@ def score_logs(
 ) -> None:
     """Score logged conversations (JSONL / Parquet) into OUTPUT, resumably; summary on stdout."""
     setup_logging(log_level)
-    # httpx logs every request at INFO: thousands of lines for one run of the server engine.
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # httpx logs every request at INFO, and the client every retry: thousands of lines for one run of
+    # the server engine (bulk.server logs retries at DEBUG).
+    for noisy in ("httpx", "rewardserve.client"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     if engine not in ("local", "server", "ray"):
         typer.echo(f"error: --engine must be local, server or ray, not {engine!r}", err=True)
         raise typer.Exit(2)
