@@ -44,6 +44,7 @@ check: install
 	$(BIN)/ruff format --check service tests bench deploy
 	$(BIN)/ruff check service tests bench deploy
 	$(BIN)/mypy service/rewardserve
+	$(BIN)/python -m rewardserve.client._unasync --check
 
 # Regenerate client/sync.py (the blocking RewardClient) from client/aio.py, its source of truth
 # (tests/unit/test_client_unasync.py fails when it is stale).

@@ -138,4 +138,5 @@ def test_bad_model_path_fails_fast(env: dict[str, str], tmp_path: Path) -> None:
 def test_invalid_setting_is_explained(env: dict[str, str]) -> None:
     env["REWARDSERVE_MAX_BATCH_TOKENS"] = "-5"
     p = subprocess.run([str(BIN), "serve"], env=env, capture_output=True, text=True, timeout=60)
-    assert p.returncode == 2 and "max_batch_tokens" in p.stderr
+    # Named as the user sets it: the flag and the environment variable.
+    assert p.returncode == 2 and "--max-batch-tokens (REWARDSERVE_MAX_BATCH_TOKENS)" in p.stderr, p.stderr
