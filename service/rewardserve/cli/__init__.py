@@ -24,7 +24,3 @@ app.command()(demo)
 
 def main() -> None:
     app()
-
-
-if __name__ == "__main__":
-    main()
