@@ -8,7 +8,7 @@ CONSTRAINTS := constraints.txt
 # Extras for the full dev/test environment (CPU machine). GPU hosts: `pip install -e '.[server,generator]'`.
 EXTRAS := server,test,bulk,ray,generator-cpu
 
-.PHONY: install system-deps serve test check bench bench-gpu proto clean
+.PHONY: install system-deps serve test check unasync bench bench-gpu proto clean
 
 install: $(STAMP)
 
@@ -44,6 +44,12 @@ check: install
 	$(BIN)/ruff format --check service tests bench deploy
 	$(BIN)/ruff check service tests bench deploy
 	$(BIN)/mypy service/rewardserve
+	$(BIN)/python -m rewardserve.client._unasync --check
+
+# Regenerate client/sync.py (the blocking RewardClient) from client/aio.py, its source of truth
+# (tests/unit/test_client_unasync.py fails when it is stale).
+unasync: install
+	$(BIN)/python -m rewardserve.client._unasync
 
 # Regenerate service/rewardserve/_proto from protos/ (grpcio-tools; the output is checked in and
 # tests/unit/test_proto.py fails when it no longer matches).

@@ -15,7 +15,6 @@ import logging
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -24,6 +23,7 @@ import uvicorn
 from rewardserve.api.grpc import GrpcServer
 from rewardserve.api.http import build_http_app
 from rewardserve.config import Settings
+from rewardserve.demo.paths import resolve_model_path
 from rewardserve.metrics import Metrics
 from rewardserve.runtime import Runtime
 from rewardserve.scoring.engine import RewardEngine
@@ -33,15 +33,6 @@ if TYPE_CHECKING:  # imported only with --generator: a scoring-only server never
     from rewardserve.generation.service import GenerationService
 
 log = logging.getLogger("rewardserve")
-
-
-def resolve_model_path(settings: Settings) -> Path:
-    """The model directory to serve: --model, or the demo model (built offline on first use)."""
-    if settings.model is not None:
-        return settings.model
-    from rewardserve.demo.build import ensure_demo_model
-
-    return ensure_demo_model(settings.cache_dir, log=log.info)
 
 
 async def load_engine(settings: Settings) -> RewardEngine:

@@ -1,8 +1,10 @@
 """One Settings object for the whole service.
 
-Every field has a default, a bound and a docstring that says the trade-off. Environment variables use
-the prefix ``REWARDSERVE_`` (nested fields with ``__``); the CLI sets the same fields. Nothing else in
-the package reads the environment: tests build ``Settings(...)`` directly.
+Every field has a default, a bound and a docstring that says the trade-off. Each field ``x_y`` is set
+by the environment variable ``REWARDSERVE_X_Y`` or by the ``rewardserve serve`` flag ``--x-y`` (the
+flags are generated from this class, with the docstring as help: ``rewardserve.cli._settings``); a flag
+wins over the environment. Nothing else in the package reads the environment: tests build
+``Settings(...)`` directly.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rewardserve.naming import ENV_PREFIX, setting_name
 
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
@@ -27,7 +31,11 @@ class Settings(BaseSettings):
     """Service settings; env prefix ``REWARDSERVE_``."""
 
     model_config = SettingsConfigDict(
-        env_prefix="REWARDSERVE_", env_nested_delimiter="__", extra="forbid", validate_default=True
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        validate_default=True,
+        # Field docstrings become descriptions: the CLI's help text is the documentation below.
+        use_attribute_docstrings=True,
     )
 
     # --- model -------------------------------------------------------------------------------
@@ -151,6 +159,6 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"max_batch_tokens ({self.max_batch_tokens}) must be >= max_input_tokens "
                 f"({self.max_input_tokens}): the longest input must fit in one batch. Raise "
-                "--max-batch-tokens or set --max-input-tokens lower."
+                f"{setting_name('max_batch_tokens')} or lower {setting_name('max_input_tokens')}."
             )
         return self

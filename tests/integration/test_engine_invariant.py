@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import zlib
 from pathlib import Path
 
 import pytest
@@ -121,7 +122,7 @@ def _run_in_random_batches(engine: RewardEngine, enc: list[Encoded], rng: random
 @pytest.mark.parametrize("arch", ARCHS)
 def test_all_strategies_match_plain_forward(arch: str, request: pytest.FixtureRequest) -> None:
     path: Path = request.getfixturevalue(arch)
-    rng = random.Random(hash(arch) % 1000)
+    rng = random.Random(zlib.crc32(arch.encode()))  # stable across processes, unlike hash()
     inputs = _inputs(rng, 24)
     results = {}
     # Decoders run each strategy twice: through the fused CPU forward and through transformers' modules.

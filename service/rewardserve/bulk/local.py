@@ -12,6 +12,7 @@ from pathlib import Path
 from rewardserve.bulk.job import Failed, OnProgress
 from rewardserve.config import Settings
 from rewardserve.errors import InputError, OutOfMemory
+from rewardserve.naming import setting_name
 from rewardserve.scoring.engine import RewardEngine
 from rewardserve.scoring.types import Encoded, ScoreInput, ScoreOutput
 
@@ -71,7 +72,8 @@ class LocalScorer:
             return list(self.engine.score_encoded(items, self.max_batch_tokens, self.max_batch_rows))
         except OutOfMemory:
             if len(items) == 1:
-                return [Failed("out of memory scoring this row alone; lower --max-input-tokens")]
+                reason = f"out of memory scoring this row alone; lower {setting_name('max_input_tokens')}"
+                return [Failed(reason)]
         except Exception as exc:
             if len(items) == 1:
                 return [Failed(f"scoring failed: {type(exc).__name__}: {exc}")]

@@ -159,7 +159,7 @@ def _model_identity(opts: BulkOptions) -> tuple[Path | None, dict[str, Any]]:
         if not opts.url:
             raise BulkError("--engine server needs --url (e.g. --url http://127.0.0.1:8000)")
         return None, {"model": opts.url.rstrip("/"), "model_name": opts.name}
-    from rewardserve.app import resolve_model_path
+    from rewardserve.demo.paths import resolve_model_path
 
     s = opts.settings
     if s.model is not None and not s.model.is_dir():

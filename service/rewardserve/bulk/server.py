@@ -1,39 +1,40 @@
-"""Score against a running rewardserve over HTTP (``POST /v1/score``), many requests at once.
+"""Score against a running rewardserve (``engine="server"``), through ``AsyncRewardClient``.
 
-A small async client of its own (the trainer-facing client library is a separate concern): at most
-``concurrency`` requests in flight; 429 and 503 are waited out (``Retry-After`` when the server gives
-one, else exponential backoff) and retried, as are 504s and dropped connections, up to
-``max_retries`` times per request. A 422 that names one input (``inputs[i]: ...``) fails that row only
-and the rest of the request is sent again; a 413 splits the request in two.
+The trainer-facing client does the talking, so bulk scoring has no wire encoding or retry rules of
+its own: retries are the client's ``RetryPolicy`` (429, 502, 503 and connection failures are retried
+with backoff, at least the server's Retry-After; timeouts and 504 are not, since the call may still
+be running on the server), with ``max_retries`` retries per request. At most ``concurrency``
+requests of ``batch_size`` rows are in flight. What is particular to bulk scoring is what to do with
+a refusal: a 422 that names one input (``inputs[i]: ...``) fails that row only and the rest of the
+request is sent again; a 413, or a refusal that names no input, splits the request in two until the
+row at fault is found.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import re
 from collections.abc import Sequence
-from typing import Any
-
-import httpx
 
 from rewardserve.bulk.job import Failed, OnProgress
+from rewardserve.client import AsyncRewardClient, RetryEvent, RetryPolicy
+from rewardserve.client.errors import InvalidRequest, NotSupported, RewardServeError
+from rewardserve.client.types import Input, ScoreDetail
 from rewardserve.errors import BulkError
 from rewardserve.scoring.types import ScoreInput, ScoreOutput
 
 log = logging.getLogger(__name__)
 _INPUT_INDEX = re.compile(r"^inputs\[(\d+)\]: (.*)$", re.S)
-_RETRY_STATUS = {429, 503, 504}
 
 
-def wire_input(inp: ScoreInput) -> dict[str, Any]:
-    """One input as the /v1/score body spells it."""
+def client_input(inp: ScoreInput) -> Input:
+    """One row's input in the client's terms (the client encodes it for the wire)."""
     if inp.messages is not None:
-        return {"messages": [{"role": m.role, "content": m.content} for m in inp.messages]}
+        return [{"role": m.role, "content": m.content} for m in inp.messages]
     if inp.text is not None:
-        return {"text": inp.text}
-    return {"prompt": inp.prompt, "response": inp.response}
+        return inp.text
+    return (inp.prompt or "", inp.response or "")
 
 
 class ServerScorer:
@@ -58,19 +59,27 @@ class ServerScorer:
         self.batch_size = batch_size
         self.max_retries = max_retries
         self.timeout_s = timeout_s
-        self.max_backoff_s = max_backoff_s
+        # Bulk jobs run for hours, so they wait longer between retries than a trainer would.
+        self._retry = RetryPolicy(
+            max_attempts=max_retries + 1, initial_backoff_s=0.25, max_backoff_s=max_backoff_s
+        )
         # One loop for the scorer's whole life, so the pooled connections survive between shards.
         self._runner = asyncio.Runner()
-        self._client: httpx.AsyncClient | None = None
+        self._client: AsyncRewardClient | None = None
         self._slots: asyncio.Semaphore | None = None
 
     def __enter__(self) -> ServerScorer:
-        self._runner.run(self._open())
+        try:
+            self._runner.run(self._open())
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._client is not None:
             self._runner.run(self._client.aclose())
+            self._client = None
         self._runner.close()
 
     @property
@@ -82,28 +91,32 @@ class ServerScorer:
         return self._objectives
 
     async def _open(self) -> None:
-        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-        self._client = httpx.AsyncClient(base_url=self.url, timeout=self.timeout_s, limits=limits)
+        # Made inside the loop: the client's connections belong to the loop that creates them.
+        self._client = AsyncRewardClient(
+            self.url,
+            timeout=self.timeout_s,
+            retry=self._retry,
+            max_inputs_per_request=max(self.batch_size, 1),
+            max_concurrency=self.concurrency,
+            on_retry=_log_retry,
+        )
         self._slots = asyncio.Semaphore(self.concurrency)
-        # A wrong URL should fail in seconds (few retries on the liveness probe); a server that is up
-        # but still loading its model (503) gets the same patience as any request.
-        live = await self._request("GET", "/health/live", None, retries=min(2, self.max_retries))
-        if live.status_code != 200:
-            raise BulkError(
-                f"{self.url}/health/live answered {live.status_code}: is this a rewardserve server?"
-            )
-        r = await self._request("GET", "/v1/models", None)
-        if r.status_code != 200:
-            raise BulkError(f"{self.url}/v1/models answered {r.status_code}: {_error_text(r)}")
-        models = r.json().get("data", [])
-        chosen = [m for m in models if self._model in (None, m.get("id"))]
+        # A server that is up but still loading its model (503) gets the same patience as any request;
+        # a wrong URL fails once the retries are spent.
+        try:
+            models = [m for m in await self._client.models() if m.kind == "reward"]
+        except NotSupported:
+            raise BulkError(f"{self.url} does not serve /v1/models: is this a rewardserve server?") from None
+        except RewardServeError as exc:
+            raise self._failed("/v1/models", exc) from None
+        chosen = [m for m in models if self._model in (None, m.id)]
         if not chosen:
-            served = [m.get("id") for m in models]
+            served = [m.id for m in models]
             raise BulkError(
                 f"the server at {self.url} does not serve model {self._model!r}; it serves {served}"
             )
-        self._name = str(chosen[0]["id"])
-        self._objectives = tuple(chosen[0].get("objectives") or ())
+        self._name = chosen[0].id
+        self._objectives = chosen[0].objectives
 
     def score(
         self, inputs: Sequence[ScoreInput], *, truncate: bool, on_progress: OnProgress | None = None
@@ -136,32 +149,33 @@ class ServerScorer:
         out: list[ScoreOutput | Failed | None],
     ) -> None:
         """Score ``pending`` into ``out``; refused rows get Failed, the others are sent again."""
+        assert self._client is not None and self._slots is not None
         while pending:
-            body: dict[str, Any] = {"inputs": [wire_input(inputs[i]) for i in pending], "truncate": truncate}
-            if self._model is not None:
-                body["model"] = self._model
-            r = await self._request("POST", "/v1/score", body)
-            if r.status_code == 200:
-                data = r.json()
-                for i, score, detail in zip(pending, data["scores"], data["details"], strict=True):
+            try:
+                async with self._slots:
+                    result = await self._client.score_details(
+                        [client_input(inputs[i]) for i in pending], model=self._model, truncate=truncate
+                    )
+            except InvalidRequest as exc:
+                refused = exc
+            except RewardServeError as exc:
+                raise self._failed("/v1/score", exc) from None
+            else:
+                for i, score, detail in zip(pending, result.scores, result.details, strict=True):
                     out[i] = self._output(score, detail)
                 return
-            if r.status_code == 413 and len(pending) > 1:
+            too_large = refused.status == 413
+            m = _INPUT_INDEX.match(refused.message)
+            if too_large and len(pending) > 1:
                 half = len(pending) // 2
                 await self._score_batch(inputs, pending[:half], truncate, out)
                 pending = pending[half:]
-                continue
-            if r.status_code not in (413, 422):
-                raise BulkError(
-                    f"{self.url}/v1/score answered {r.status_code}: {_error_text(r)}", exit_code=1
-                )
-            message = _error_text(r)
-            m = _INPUT_INDEX.match(message)
-            if m is not None and int(m.group(1)) < len(pending):
-                out[pending[int(m.group(1))]] = Failed(m.group(2))
-                pending = pending[: int(m.group(1))] + pending[int(m.group(1)) + 1 :]
+            elif m is not None and int(m.group(1)) < len(pending):
+                bad = int(m.group(1))
+                out[pending[bad]] = Failed(m.group(2))
+                pending = pending[:bad] + pending[bad + 1 :]
             elif len(pending) == 1:
-                reason = "row is larger than the server's body limit" if r.status_code == 413 else message
+                reason = "row is larger than the server's body limit" if too_large else refused.message
                 out[pending[0]] = Failed(reason)
                 return
             else:  # a refusal that names no input: find the culprit by halving
@@ -169,61 +183,32 @@ class ServerScorer:
                 await self._score_batch(inputs, pending[:half], truncate, out)
                 pending = pending[half:]
 
-    def _output(self, score: float, detail: dict[str, Any]) -> ScoreOutput:
-        objectives = detail.get("objectives") or {}
-        values = (
-            tuple(float(objectives[k]) for k in self._objectives) if self._objectives else (float(score),)
-        )
+    def _output(self, score: float, detail: ScoreDetail) -> ScoreOutput:
+        objectives = detail.objectives or {}
+        values = tuple(objectives[k] for k in self._objectives) if self._objectives else (float(score),)
         return ScoreOutput(
-            score=float(score),
-            values=values,
-            tokens=int(detail["tokens"]),
-            truncated=bool(detail["truncated"]),
+            score=float(score), values=values, tokens=detail.tokens, truncated=detail.truncated
         )
 
-    async def _request(
-        self, method: str, path: str, body: dict[str, Any] | None, *, retries: int | None = None
-    ) -> httpx.Response:
-        """One call, retried through overload, drain, timeouts and dropped connections."""
-        assert self._client is not None and self._slots is not None
-        retries = self.max_retries if retries is None else retries
-        last = ""
-        for attempt in range(retries + 1):
-            wait: float | None = None
-            try:
-                async with self._slots:
-                    r = await self._client.request(method, path, json=body)
-                if r.status_code not in _RETRY_STATUS:
-                    return r
-                last = f"{r.status_code} {_error_text(r)}"
-                wait = _retry_after(r)
-            except httpx.TransportError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            if attempt == retries:
-                break
-            if wait is None:
-                wait = min(self.max_backoff_s, 0.25 * 2**attempt)
-            wait = min(self.max_backoff_s, wait) * (1 + 0.1 * random.random())  # jitter: no herd
-            log.debug("%s %s: %s; retry %d in %.1fs", method, path, last, attempt + 1, wait)
-            await asyncio.sleep(wait)
-        raise BulkError(
-            f"{self.url}{path} still failing after {retries} retries ({last}); the finished shards "
-            "are kept: rerun the same command to resume",
+    def _failed(self, path: str, exc: RewardServeError) -> BulkError:
+        if exc.retryable:
+            return BulkError(
+                f"{self.url}{path} still failing after {self.max_retries} retries ({exc}); the finished "
+                "shards are kept: rerun the same command to resume",
+                exit_code=1,
+            )
+        return BulkError(
+            f"{self.url}{path} failed: {exc}; the finished shards are kept: rerun the same command to resume",
             exit_code=1,
         )
 
 
-def _retry_after(r: httpx.Response) -> float | None:
-    value = r.headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _error_text(r: httpx.Response) -> str:
-    try:
-        data = r.json()
-    except ValueError:
-        return r.text[:200]
-    return str(data.get("error", data)) if isinstance(data, dict) else str(data)[:200]
+def _log_retry(event: RetryEvent) -> None:
+    log.debug(
+        "%s: %s %s; retry %d in %.1fs",
+        event.endpoint,
+        event.error.status,
+        event.error.message,
+        event.attempt,
+        event.delay_s,
+    )

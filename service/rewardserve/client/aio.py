@@ -1,7 +1,9 @@
-"""``AsyncRewardClient``: the asyncio client, the same API as ``RewardClient``, awaited.
+"""``AsyncRewardClient``: the asyncio client (HTTP or gRPC, one server or several).
 
-Request building, chunking, balancing and the retry policy are shared with the sync client
-(_core.py, balance.py); only the waiting differs (tasks and ``asyncio.sleep`` instead of threads).
+This file is the source of truth for both clients: client/sync.py (the blocking ``RewardClient``)
+is generated from it by client/_unasync.py (``make unasync``; a test fails when sync.py is stale).
+Request building and the retry policy live in _core.py and balance.py, the waiting for parallel
+chunks in _concurrency.py.
 """
 
 from __future__ import annotations
@@ -9,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast
 
 from rewardserve.client import _core
+from rewardserve.client._concurrency import AsyncFanOut
 from rewardserve.client._core import JSON
 from rewardserve.client.balance import EndpointPool, EndpointState, RetryEvent, RetryPolicy
 from rewardserve.client.errors import RewardServeError
@@ -58,13 +61,25 @@ def _transport(url: str, config: _core.ClientConfig) -> _AsyncTransport:
 
 
 class AsyncRewardClient:
-    """asyncio client for a rewardserve server or several; see ``RewardClient`` for the options.
+    """asyncio client for a rewardserve server or several.
 
-    >>> async with AsyncRewardClient(["grpc://rm-0:50051", "grpc://rm-1:50051"]) as rm:
-    ...     rewards = await rm.score([("What is 2+2?", "4")])
+    >>> async with AsyncRewardClient("http://localhost:8000") as rm:
+    ...     rewards = await rm.score([("What is 2+2?", "4"), "raw text"])
 
-    Use it from one event loop (its connections belong to that loop). Many concurrent calls share
-    its connections; each call's chunks run at most ``max_concurrency`` at once.
+    ``urls`` is one URL or a list: ``http(s)://HOST:PORT`` for the HTTP API, ``grpc(s)://HOST:PORT``
+    for the native gRPC API (same methods, same numbers). With several, calls are spread round-robin
+    over the healthy ones; a server that fails is skipped for ``cooloff_s`` seconds.
+
+    Each try is bounded by ``timeout`` seconds (``connect_timeout`` to connect). Retries follow one
+    set of rules, ``retry`` (a ``RetryPolicy``): overload (429 / RESOURCE_EXHAUSTED) and
+    unavailability (502, 503 / UNAVAILABLE, connection failures) are retried, with exponential
+    backoff and jitter and at least the server's Retry-After, on another server when there is one.
+    Timeouts (504 / DEADLINE_EXCEEDED, a read that ran out of time) are never retried: the call may
+    still be running on the server, and sending it again would double its load. Invalid requests,
+    missing models and server errors are not retried either. Inputs beyond
+    ``max_inputs_per_request`` are sent as several requests, up to ``max_concurrency`` at once, and
+    the answers put back in order. ``on_retry`` is called before each retry (logging, metrics).
+    Use it from one event loop (its connections belong to that loop).
     """
 
     def __init__(
@@ -94,6 +109,7 @@ class AsyncRewardClient:
         transports = [_transport(u, self.config) for u in self.urls]
         self._pool: EndpointPool[_AsyncTransport] = EndpointPool(self.urls, transports, cooloff_s=cooloff_s)
         self._rng = random.Random()
+        self._fan_out = AsyncFanOut(max_concurrency)
 
     # --- public API ------------------------------------------------------------------------------
 
@@ -106,7 +122,8 @@ class AsyncRewardClient:
         timeout: float | None = None,
     ) -> list[float]:
         """Rewards of ``inputs`` (see ``rewardserve.client.Input``), in order."""
-        return (await self.score_details(inputs, model=model, truncate=truncate, timeout=timeout)).scores
+        result = await self.score_details(inputs, model=model, truncate=truncate, timeout=timeout)
+        return result.scores
 
     async def score_details(
         self,
@@ -163,7 +180,8 @@ class AsyncRewardClient:
         timeout: float | None = None,
         **extra: Any,
     ) -> GenerateResponse:
-        """``n`` policy samples per prompt; see ``RewardClient.generate``."""
+        """``n`` policy samples per prompt (text prompts or conversations). Needs a server started
+        with ``--generator``; ``extra`` goes into the request as is (``top_logprobs``, ``ignore_eos``)."""
         body = _core.generate_body(
             prompts,
             n=n,
@@ -199,7 +217,8 @@ class AsyncRewardClient:
         timeout: float | None = None,
         **extra: Any,
     ) -> RolloutResponse:
-        """Samples scored by reward model ``model`` in one round trip; see ``RewardClient.rollout``."""
+        """Generate ``n`` samples per prompt and score each with reward model ``model`` in one round
+        trip; per-prompt mean/std, and GRPO advantages when ``advantages``."""
         body = _core.generate_body(
             prompts,
             n=n,
@@ -225,7 +244,9 @@ class AsyncRewardClient:
         return self._pool.states()
 
     async def aclose(self) -> None:
-        await asyncio.gather(*(t.aclose() for t in self._pool.endpoints), return_exceptions=True)
+        await self._fan_out.aclose()
+        for t in self._pool.endpoints:
+            await t.aclose()
 
     async def __aenter__(self) -> AsyncRewardClient:
         return self
@@ -245,18 +266,16 @@ class AsyncRewardClient:
         timeout: float | None,
         parse: Callable[[JSON], R],
     ) -> list[R]:
-        limit = asyncio.Semaphore(self.config.max_concurrency)
-
-        async def one(span: tuple[int, int], body: JSON) -> R:
-            async with limit:
-                try:
-                    return parse(await self._call(op, body, timeout))
-                except RewardServeError as exc:
-                    raise _core.in_chunk(exc, span, total) from exc
+        async def one(item: tuple[tuple[int, int], JSON]) -> R:
+            span, body = item
+            try:
+                return parse(await self._call(op, body, timeout))
+            except RewardServeError as exc:
+                raise _core.in_chunk(exc, span, total) from exc
 
         if len(bodies) == 1:
-            return [await one(*bodies[0])]
-        return await _gather_or_cancel([one(span, body) for span, body in bodies])
+            return [await one(bodies[0])]
+        return await self._fan_out.map(one, bodies)
 
     async def _call(self, op: str, body: JSON | None, timeout: float | None) -> JSON:
         """One request, retried and failed over per the policy."""
@@ -291,16 +310,3 @@ class AsyncRewardClient:
         )
         if self.config.on_retry is not None:
             self.config.on_retry(event)
-
-
-async def _gather_or_cancel(coros: list[Awaitable[R]]) -> list[R]:
-    """Results in order; on the first failure the other chunks are cancelled (nobody would read
-    them) before the error propagates."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise

@@ -1,17 +1,23 @@
-"""``RewardClient``: the blocking client (HTTP or gRPC, one server or several)."""
+# Generated from client/aio.py by client/_unasync.py (make unasync): edit aio.py, not this file.
+"""``RewardClient``: the blocking client (HTTP or gRPC, one server or several).
+
+Generated from client/aio.py (the asyncio one, the source of truth) by client/_unasync.py:
+edit aio.py and run ``make unasync``; a test fails when this file is stale.
+Request building and the retry policy live in _core.py and balance.py, the waiting for parallel
+chunks in _concurrency.py.
+"""
 
 from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast
 
 from rewardserve.client import _core
+from rewardserve.client._concurrency import FanOut
 from rewardserve.client._core import JSON
 from rewardserve.client.balance import EndpointPool, EndpointState, RetryEvent, RetryPolicy
 from rewardserve.client.errors import RewardServeError
@@ -59,18 +65,22 @@ class RewardClient:
     """Blocking client for a rewardserve server or several.
 
     >>> with RewardClient("http://localhost:8000") as rm:
-    ...     rm.score([("What is 2+2?", "4"), "raw text"])
+    ...     rewards = rm.score([("What is 2+2?", "4"), "raw text"])
 
     ``urls`` is one URL or a list: ``http(s)://HOST:PORT`` for the HTTP API, ``grpc(s)://HOST:PORT``
     for the native gRPC API (same methods, same numbers). With several, calls are spread round-robin
     over the healthy ones; a server that fails is skipped for ``cooloff_s`` seconds.
 
-    Each try is bounded by ``timeout`` seconds (``connect_timeout`` to connect). Overload (429 /
-    RESOURCE_EXHAUSTED) and unavailability (503 / UNAVAILABLE / connection failures) are retried per
-    ``retry`` (exponential backoff with jitter, at least the server's Retry-After), on another server
-    when there is one. Inputs beyond ``max_inputs_per_request`` are sent as several requests, up to
-    ``max_concurrency`` at once, and the answers put back in order. ``on_retry`` is called before
-    each retry (logging, metrics). Thread-safe.
+    Each try is bounded by ``timeout`` seconds (``connect_timeout`` to connect). Retries follow one
+    set of rules, ``retry`` (a ``RetryPolicy``): overload (429 / RESOURCE_EXHAUSTED) and
+    unavailability (502, 503 / UNAVAILABLE, connection failures) are retried, with exponential
+    backoff and jitter and at least the server's Retry-After, on another server when there is one.
+    Timeouts (504 / DEADLINE_EXCEEDED, a read that ran out of time) are never retried: the call may
+    still be running on the server, and sending it again would double its load. Invalid requests,
+    missing models and server errors are not retried either. Inputs beyond
+    ``max_inputs_per_request`` are sent as several requests, up to ``max_concurrency`` at once, and
+    the answers put back in order. ``on_retry`` is called before each retry (logging, metrics).
+    Thread-safe: threads may share one client.
     """
 
     def __init__(
@@ -100,8 +110,7 @@ class RewardClient:
         transports = [_transport(u, self.config) for u in self.urls]
         self._pool: EndpointPool[_Transport] = EndpointPool(self.urls, transports, cooloff_s=cooloff_s)
         self._rng = random.Random()
-        self._executor: ThreadPoolExecutor | None = None
-        self._executor_lock = threading.Lock()
+        self._fan_out = FanOut(max_concurrency)
 
     # --- public API ------------------------------------------------------------------------------
 
@@ -114,7 +123,8 @@ class RewardClient:
         timeout: float | None = None,
     ) -> list[float]:
         """Rewards of ``inputs`` (see ``rewardserve.client.Input``), in order."""
-        return self.score_details(inputs, model=model, truncate=truncate, timeout=timeout).scores
+        result = self.score_details(inputs, model=model, truncate=truncate, timeout=timeout)
+        return result.scores
 
     def score_details(
         self,
@@ -147,9 +157,8 @@ class RewardClient:
         )
         if not bodies:
             return CompareResult(model=model or "", probabilities=[], margins=[])
-        return CompareResult.merge(
-            self._chunked("compare", bodies, len(pairs), timeout, CompareResult.from_wire)
-        )
+        parts = self._chunked("compare", bodies, len(pairs), timeout, CompareResult.from_wire)
+        return CompareResult.merge(parts)
 
     def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The reward models (and the policy generator, over HTTP) the server serves."""
@@ -236,8 +245,7 @@ class RewardClient:
         return self._pool.states()
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+        self._fan_out.close()
         for t in self._pool.endpoints:
             t.close()
 
@@ -268,17 +276,7 @@ class RewardClient:
 
         if len(bodies) == 1:
             return [one(bodies[0])]
-        # executor.map yields in submission order (so results come back in input order) and, when
-        # one chunk fails, cancels the chunks not yet started.
-        return list(self._pool_executor().map(one, bodies))
-
-    def _pool_executor(self) -> ThreadPoolExecutor:
-        with self._executor_lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(
-                    max_workers=self.config.max_concurrency, thread_name_prefix="rewardserve-client"
-                )
-            return self._executor
+        return self._fan_out.map(one, bodies)
 
     def _call(self, op: str, body: JSON | None, timeout: float | None) -> JSON:
         """One request, retried and failed over per the policy."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rewardserve.errors import InputError
+from rewardserve.naming import setting_name
 
 TensorShapes = dict[str, tuple[int, ...]]
 
@@ -54,5 +55,6 @@ def check_checkpoint(path: Path, reference: TensorShapes) -> None:
         raise InputError(
             "checkpoint does not match the served policy's architecture: "
             + "; ".join(problems)
-            + ". Reload a checkpoint of the same model (same config), or restart with --generator."
+            + ". Reload a checkpoint of the same model (same config), or restart with "
+            + f"{setting_name('generator')} set to the new model."
         )

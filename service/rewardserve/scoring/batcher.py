@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from rewardserve.errors import DeadlineExceeded, Draining, OutOfMemory, Overloaded
+from rewardserve.naming import setting_name
 
 __all__ = ["BatchStats", "Batcher"]
 
@@ -257,15 +258,16 @@ class Batcher(Generic[T, P, R]):
             if cost > self._budget_limit:
                 raise ValueError(
                     f"input {i} has {tokens[i]} tokens (batch cost {cost}), more than max_batch_tokens="
-                    f"{self._budget_limit}, so it can never be batched; raise --max-batch-tokens or set "
-                    "--max-input-tokens lower (or truncate the input)"
+                    f"{self._budget_limit}, so it can never be batched; raise "
+                    f"{setting_name('max_batch_tokens')} or lower {setting_name('max_input_tokens')} "
+                    "(or truncate the input)"
                 )
         total = sum(tokens)
         if total > self._max_queued_tokens:
             # Overloaded would be a lie: no amount of retrying admits this request.
             raise ValueError(
                 f"request has {total} tokens, more than max_queued_tokens={self._max_queued_tokens}; "
-                "split it into smaller requests or raise --max-queued-tokens"
+                f"split it into smaller requests or raise {setting_name('max_queued_tokens')}"
             )
         now = time.monotonic()
         if deadline is not None and deadline <= now:

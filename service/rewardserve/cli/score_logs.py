@@ -1,5 +1,6 @@
-"""``rewardserve score-logs``: the typer command (registered in ``rewardserve.cli``).
+"""``rewardserve score-logs``: score logged outputs in bulk (the work is done by ``rewardserve.bulk``).
 
+The model options of the local and ray engines are generated from Settings, like ``serve``'s.
 Imports nothing heavy at module level, so ``rewardserve --help`` stays fast.
 """
 
@@ -7,9 +8,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
+
+from rewardserve.cli._settings import build_settings, setup_logging, with_settings_options
 
 _COLS = "Input columns"
 # Optional packages and the extra that installs each (pyproject.toml).
@@ -19,7 +22,22 @@ _SERVER = "Server engine"
 _RAY = "Ray engine"
 
 
+# Settings fields the local and ray engines use; the server engine's model is the server's business.
+_MODEL_FIELDS = (
+    "model",
+    "device",
+    "dtype",
+    "batch_strategy",
+    "max_batch_tokens",
+    "max_input_tokens",
+    "trust_remote_code",
+    "torch_threads",
+)
+
+
+@with_settings_options(_MODEL_FIELDS, panel=_LOCAL)
 def score_logs(
+    given: dict[str, Any],
     inputs: Annotated[list[str], typer.Argument(help="JSONL / Parquet files, globs or directories.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output .parquet (or .jsonl).")],
     engine: Annotated[str, typer.Option(help="local (in-process) | server | ray")] = "local",
@@ -40,33 +58,12 @@ def score_logs(
         str | None,
         typer.Option(help="Local: the reward_model label (default: model dir name). Server: model."),
     ] = None,
-    model: Annotated[
-        Path | None,
-        typer.Option(help="Reward model directory; default: the demo model.", rich_help_panel=_LOCAL),
-    ] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda", rich_help_panel=_LOCAL)] = None,
-    dtype: Annotated[
-        str | None, typer.Option(help="auto | float32 | bfloat16", rich_help_panel=_LOCAL)
-    ] = None,
-    batch_strategy: Annotated[
-        str | None, typer.Option(help="auto | packed | padded | sequential", rich_help_panel=_LOCAL)
-    ] = None,
-    max_batch_tokens: Annotated[
-        int | None, typer.Option(help="Token budget.", rich_help_panel=_LOCAL)
-    ] = None,
-    max_input_tokens: Annotated[
-        int | None, typer.Option(help="Longest input.", rich_help_panel=_LOCAL)
-    ] = None,
-    trust_remote_code: Annotated[bool | None, typer.Option(rich_help_panel=_LOCAL)] = None,
-    torch_threads: Annotated[
-        int | None,
-        typer.Option(help="CPU threads for torch (1 is best on a busy machine).", rich_help_panel=_LOCAL),
-    ] = None,
     url: Annotated[str | None, typer.Option(help="Server base URL.", rich_help_panel=_SERVER)] = None,
     concurrency: Annotated[int, typer.Option(help="Requests in flight.", rich_help_panel=_SERVER)] = 8,
     batch_size: Annotated[int, typer.Option(help="Rows per request.", rich_help_panel=_SERVER)] = 64,
     max_retries: Annotated[
-        int, typer.Option(help="Retries per request (429/503/504/network).", rich_help_panel=_SERVER)
+        int,
+        typer.Option(help="Retries per request (429/502/503, connection failures).", rich_help_panel=_SERVER),
     ] = 10,
     ray_address: Annotated[
         str | None, typer.Option(help="Existing cluster; default: start a local one.", rich_help_panel=_RAY)
@@ -83,24 +80,15 @@ def score_logs(
     log_level: Annotated[str, typer.Option(help="debug | info | warning")] = "info",
 ) -> None:
     """Score logged conversations (JSONL / Parquet) into OUTPUT, resumably; summary on stdout."""
-    from rewardserve.cli import _logging, _settings
-
-    _logging(log_level)
-    # httpx logs every request at INFO: thousands of lines for one run of the server engine.
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
+    setup_logging(log_level)
+    # httpx logs every request at INFO, and the client every retry: thousands of lines for one run of
+    # the server engine (bulk.server logs retries at DEBUG).
+    for noisy in ("httpx", "rewardserve.client"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     if engine not in ("local", "server", "ray"):
         typer.echo(f"error: --engine must be local, server or ray, not {engine!r}", err=True)
         raise typer.Exit(2)
-    settings = _settings(
-        model=model,
-        device=device,
-        dtype=dtype,
-        batch_strategy=batch_strategy,
-        max_batch_tokens=max_batch_tokens,
-        max_input_tokens=max_input_tokens,
-        trust_remote_code=trust_remote_code,
-        torch_threads=torch_threads,
-    )
+    settings = build_settings(given)
     try:
         from rewardserve.bulk.ray_runner import RayOptions
         from rewardserve.bulk.runner import BulkOptions
