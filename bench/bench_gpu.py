@@ -50,14 +50,30 @@ from rewardserve.scoring.engine import RewardEngine
 from rewardserve.scoring.types import Encoded
 
 SIZES: dict[str, dict[str, int]] = {
-    "1B": {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
-           "intermediate_size": 8192},  # fmt: skip
-    "8B": {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
-           "intermediate_size": 14336},  # fmt: skip
-    "smoke": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "intermediate_size": 128},  # fmt: skip
+    "1B": {
+        "hidden_size": 2048,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "intermediate_size": 8192,
+    },
+    "8B": {
+        "hidden_size": 4096,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "intermediate_size": 14336,
+    },
+    "smoke": {
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 128,
+    },
 }
-ROWS = ("one_at_a_time", "padded_16", "sorted_budget", "packed", "packed_compile", "server")
+# Run order: compile last, since its compile time is the one long unknown (--rows-time-limit).
+ROWS = ("packed", "sorted_budget", "padded_16", "one_at_a_time", "server", "packed_compile")
 
 
 def lengths(n: int, mean: float, lo: int, hi: int, seed: int, sigma: float = 0.8) -> list[int]:
@@ -96,10 +112,14 @@ def flops_per_token(cfg: LlamaConfig, mean_len: float) -> float:
 
 
 def build(size: str, vocab: int, device: torch.device, dtype: torch.dtype) -> Any:
-    cfg = LlamaConfig(vocab_size=vocab, num_labels=1, pad_token_id=0, max_position_embeddings=8192, **SIZES[size])
+    cfg = LlamaConfig(
+        vocab_size=vocab, num_labels=1, pad_token_id=0, max_position_embeddings=8192, **SIZES[size]
+    )
     torch.manual_seed(0)
     with torch.device(device):  # random weights made where they live: no 16 GB host copy at 8B
-        model = AutoModelForSequenceClassification.from_config(cfg, dtype=dtype, attn_implementation=packing.register())
+        model = AutoModelForSequenceClassification.from_config(
+            cfg, dtype=dtype, attn_implementation=packing.register()
+        )
     return model.eval()
 
 
@@ -161,12 +181,23 @@ class Bench:
 
     def engine(self, strategy: str, tokenizer: Any = None) -> RewardEngine:
         return RewardEngine(
-            self.model, tokenizer or IdsTokenizer(), name=self.size, device=self.device,
-            max_input_tokens=self.max_len, strategy=strategy,  # type: ignore[arg-type]
-        )  # fmt: skip
+            self.model,
+            tokenizer or IdsTokenizer(),
+            name=self.size,
+            device=self.device,
+            max_input_tokens=self.max_len,
+            strategy=strategy,  # type: ignore[arg-type]
+        )
 
-    def warm(self, engine: RewardEngine) -> None:
-        """Two full packs (by the token budget) before any clock starts: kernels, allocator, compile."""
+    def warm(self, engine: RewardEngine, full: bool = False) -> None:
+        """Before a row's clock starts. ``full``: two full packs (by the token budget), done for the
+        first packed engine (kernels, allocator, for every row: same model, same process) and for
+        the compiled one; other rows run one batch of their own shape."""
+        if not full:
+            first = self.items[:16] if engine.strategy == "padded" else self.items[:1]
+            engine.run(engine.prepare(first))
+            sync(self.device)
+            return
         pack: list[Encoded] = []
         for e in self.items:
             if sum(x.n_tokens for x in pack) + e.n_tokens > self.args.budget:
@@ -215,9 +246,11 @@ class Bench:
             if name == "packed_compile":
                 eng._base = torch.compile(eng._base, dynamic=True, backend=a.compile_backend)
             t0 = time.perf_counter()
-            self.warm(eng)
+            self.warm(eng, full=True)
             warm_s = time.perf_counter() - t0
-            out = self.timed(name, self.items, lambda: [o.score for o in eng.score_encoded(self.items, a.budget, 4096)])
+            out = self.timed(
+                name, self.items, lambda: [o.score for o in eng.score_encoded(self.items, a.budget, 4096)]
+            )
             return {**out, "warmup_s": warm_s}
         if name == "server":
             return self.server_row()
@@ -228,19 +261,23 @@ class Bench:
         try:
             sys.path.insert(0, str(Path(__file__).resolve().parent))
             from loadgen import post_all
-
             from rewardserve.app import RewardServer
             from rewardserve.config import Settings
             from rewardserve.scoring.service import ScoringService
         except ImportError as exc:
-            return {"skipped": f"{exc}: install the carried wheels (bench/download_wheels.sh, bench/device_check.sh)"}
+            return {"skipped": f"{exc}: carry the wheels (bench/download_wheels.sh, bench/device_check.sh)"}
         a = self.args
         settings = Settings(
-            device=self.device.type, batch_strategy="packed", max_batch_tokens=a.budget, port=0, grpc_port=0,
-            max_queued_requests=max(4096, 2 * len(self.items)), max_queued_tokens=10**9, max_input_tokens=self.max_len,
-        )  # fmt: skip
+            device=self.device.type,
+            batch_strategy="packed",
+            max_batch_tokens=a.budget,
+            port=0,
+            grpc_port=0,
+            max_queued_requests=max(4096, 2 * len(self.items)),
+            max_queued_tokens=10**9,
+            max_input_tokens=self.max_len,
+        )
         eng = self.engine("packed")
-        self.warm(eng)
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, name="bench-server", daemon=True)
         thread.start()
@@ -257,7 +294,9 @@ class Bench:
         url = f"http://127.0.0.1:{server.http_port}"
         try:
             # Warm the whole stack (connections, batcher, tokenizer thread) before timing.
-            asyncio.run(post_all(url, "/v1/score", payloads[: a.clients], a.clients, lambda r: r["scores"][0]))
+            asyncio.run(
+                post_all(url, "/v1/score", payloads[: a.clients], a.clients, lambda r: r["scores"][0])
+            )
             t0 = time.perf_counter()
             res = asyncio.run(post_all(url, "/v1/score", payloads, a.clients, lambda r: r["scores"][0]))
             seconds = time.perf_counter() - t0
@@ -267,8 +306,15 @@ class Bench:
             thread.join(30)
         self.scores["server"] = res["rewards"]
         tokens = sum(e.n_tokens for e in self.items)
-        return {"inputs": len(self.items), "tokens": tokens, "seconds": seconds, "tok_s": tokens / seconds,
-                "clients": a.clients, "p50_ms": res["p50_ms"], "p99_ms": res["p99_ms"]}  # fmt: skip
+        return {
+            "inputs": len(self.items),
+            "tokens": tokens,
+            "seconds": seconds,
+            "tok_s": tokens / seconds,
+            "clients": a.clients,
+            "p50_ms": res["p50_ms"],
+            "p99_ms": res["p99_ms"],
+        }
 
     def check(self) -> dict[str, Any]:
         """fp32 reference (padded, length-sorted, TF32 off) on the first --check-n inputs; every row's
@@ -292,14 +338,26 @@ class Bench:
                 "pair_agreement": pair_agreement(g, ref),
                 "max_abs_diff": max(abs(x - y) for x, y in zip(g, ref, strict=True)),
             }
-        return {"n": len(check), "pairs": len(check) * (len(check) - 1) // 2, "ref_std": ref_std, "rows": rows}
+        return {
+            "n": len(check),
+            "pairs": len(check) * (len(check) - 1) // 2,
+            "ref_std": ref_std,
+            "rows": rows,
+        }
 
 
-def run_size(size: str, lens: list[int], args: argparse.Namespace, device: torch.device, peak: float) -> dict[str, Any]:
+def run_size(
+    size: str, lens: list[int], args: argparse.Namespace, device: torch.device, peak: float
+) -> dict[str, Any]:
     b = Bench(size, lens, args, device)
     result: dict[str, Any] = {"size": size, "inputs": len(lens), "tokens": sum(lens), "build_s": b.build_s}
     print(f"\n== {size}: built in {b.build_s:.1f} s; {len(lens)} inputs, {sum(lens)} tokens", flush=True)
+    started = time.perf_counter()
     for name in args.rows.split(","):
+        if time.perf_counter() - started > args.rows_time_limit:
+            result[name] = {"skipped": f"--rows-time-limit {args.rows_time_limit:.0f} s reached"}
+            print(f"   {name}: {json.dumps(result[name])}", flush=True)
+            continue
         try:
             r = b.row(name)
         except Exception as exc:  # one broken row must not hide the others' numbers
@@ -324,13 +382,23 @@ def main() -> int:
     ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {ROWS}")
     ap.add_argument("--n", type=int, default=1024)
     ap.add_argument("--budget", type=int, default=65536, help="token budget per batch")
-    ap.add_argument("--subset", type=int, default=256, help="inputs for the slow rows (one at a time, padded x16)")
+    ap.add_argument(
+        "--subset", type=int, default=256, help="inputs for the slow rows (one at a time, padded x16)"
+    )
     ap.add_argument("--check-n", type=int, default=128, help="inputs in the fp32 check (all their pairs)")
     ap.add_argument("--min-agreement", type=float, default=0.99)
     ap.add_argument("--clients", type=int, default=64, help="concurrent HTTP clients in the server row")
     ap.add_argument("--compile-backend", default="inductor")
+    ap.add_argument(
+        "--rows-time-limit",
+        type=float,
+        default=1e9,
+        help="seconds per size after which rows are skipped (the check still runs)",
+    )
     ap.add_argument("--vocab", type=int, default=128256)
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "bench_gpu.json")
+    ap.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "bench_gpu.json"
+    )
     args = ap.parse_args()
     cuda = torch.cuda.is_available() and not args.smoke
     device = torch.device("cuda" if cuda else "cpu")

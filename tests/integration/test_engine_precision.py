@@ -18,7 +18,10 @@ from rewardserve.scoring.batcher import Batcher
 from rewardserve.scoring.engine import RewardEngine
 from rewardserve.scoring.types import Encoded, ScoreInput
 
-TEXTS = [f"answer number {i}: " + "the model reads each answer and gives a number " * (i % 5 + 1) for i in range(12)]
+TEXTS = [
+    f"answer number {i}: " + "the model reads each answer and gives a number " * (i % 5 + 1)
+    for i in range(12)
+]
 
 
 def _engine(path: Path, **kw: Any) -> RewardEngine:

@@ -41,7 +41,9 @@ print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)))
 
 
 def test_engine_and_bench_gpu_import_without_pydantic_fastapi_uvicorn() -> None:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "service"), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "service"), os.environ.get("PYTHONPATH", "")])
+    )
     proc = subprocess.run(
         [sys.executable, "-c", _BLOCKED_IMPORTS, str(ROOT / "bench")],
         capture_output=True,

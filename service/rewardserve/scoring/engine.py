@@ -300,7 +300,7 @@ class RewardEngine:
         # Out of the `except` on purpose: inside it, the OOM's traceback still holds the failed
         # forward's frames and so its activations; freeing the cache or raising from there (`raise ..
         # from exc` chains it) would keep them alive while the batcher runs the halves.
-        if torch.cuda.is_initialized():
+        if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
             torch.cuda.empty_cache()
         raise OutOfMemory(message)
 
