@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import inspect
 import json
 import math
@@ -316,42 +317,57 @@ class Bench:
             "p99_ms": res["p99_ms"],
         }
 
-    def check(self) -> dict[str, Any]:
-        """fp32 reference (padded, length-sorted, TF32 off) on the first --check-n inputs; every row's
-        rewards against it: pairwise order agreement and the largest difference."""
+    def reference(self) -> dict[str, Any]:
+        """fp32 rewards for the first --check-n inputs, from an fp32 copy of the same (bf16) weights
+        (padded, length-sorted, TF32 off), made before any row so that every row is checked the
+        moment it ends: a run cut short by its time limit still has each finished row's verdict."""
         check = self.items[: self.args.check_n]
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-        self.model.float()
-        ref_engine = self.engine("padded")
-        order = sorted(range(len(check)), key=lambda i: check[i].n_tokens)
-        ref = [0.0] * len(check)
-        for s in range(0, len(order), 8):
-            idx = order[s : s + 8]
-            for i, o in zip(idx, ref_engine.run(ref_engine.prepare([check[i] for i in idx])), strict=True):
-                ref[i] = o.score
-        ref_std = float(torch.tensor(ref).std())
-        rows = {}
-        for name, got in self.scores.items():
-            g = got[: len(check)]
-            rows[name] = {
-                "pair_agreement": pair_agreement(g, ref),
-                "max_abs_diff": max(abs(x - y) for x, y in zip(g, ref, strict=True)),
-            }
+        t0 = time.perf_counter()
+        bf16_model, self.model = self.model, copy.deepcopy(self.model).float()
+        try:
+            ref_engine = self.engine("padded")
+            order = sorted(range(len(check)), key=lambda i: check[i].n_tokens)
+            self.ref = [0.0] * len(check)
+            for s in range(0, len(order), 8):
+                idx = order[s : s + 8]
+                outs = ref_engine.run(ref_engine.prepare([check[i] for i in idx]))
+                for i, o in zip(idx, outs, strict=True):
+                    self.ref[i] = o.score
+        finally:
+            self.model = bf16_model  # the fp32 copy goes with ref_engine
+        sync(self.device)
+        ref_std = float(torch.tensor(self.ref).std())
+        pairs = len(check) * (len(check) - 1) // 2
+        return {"n": len(check), "pairs": pairs, "ref_std": ref_std, "seconds": time.perf_counter() - t0}
+
+    def check(self, name: str) -> dict[str, float]:
+        """One row's rewards against the fp32 reference: all-pairs order agreement, largest gap."""
+        got = self.scores[name][: len(self.ref)]
         return {
-            "n": len(check),
-            "pairs": len(check) * (len(check) - 1) // 2,
-            "ref_std": ref_std,
-            "rows": rows,
+            "pair_agreement": pair_agreement(got, self.ref),
+            "max_abs_diff": max(abs(x - y) for x, y in zip(got, self.ref, strict=True)),
         }
 
 
 def run_size(
-    size: str, lens: list[int], args: argparse.Namespace, device: torch.device, peak: float
+    size: str,
+    lens: list[int],
+    args: argparse.Namespace,
+    device: torch.device,
+    peak: float,
+    save: Callable[[], None],
 ) -> dict[str, Any]:
+    """Every row for one size; ``result`` fills in (and ``save`` writes it) as each row ends."""
     b = Bench(size, lens, args, device)
     result: dict[str, Any] = {"size": size, "inputs": len(lens), "tokens": sum(lens), "build_s": b.build_s}
+    result["ceiling_tok_s"] = peak * 1e12 / b.fpt
+    args.results.append(result)
     print(f"\n== {size}: built in {b.build_s:.1f} s; {len(lens)} inputs, {sum(lens)} tokens", flush=True)
+    result["reference"] = b.reference()
+    print(f"   fp32 reference: {json.dumps(result['reference'])}", flush=True)
+    save()
     started = time.perf_counter()
     for name in args.rows.split(","):
         if time.perf_counter() - started > args.rows_time_limit:
@@ -360,19 +376,30 @@ def run_size(
             continue
         try:
             r = b.row(name)
+            if "tok_s" in r:
+                r["mfu"] = r["tok_s"] * b.fpt / (peak * 1e12)
+                r["check"] = b.check(name)
         except Exception as exc:  # one broken row must not hide the others' numbers
             traceback.print_exc()
             r = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
-        if "tok_s" in r:
-            r["mfu"] = r["tok_s"] * b.fpt / (peak * 1e12)
         result[name] = r
         print(f"   {name}: {json.dumps(r)}", flush=True)
+        save()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    result["ceiling_tok_s"] = peak * 1e12 / b.fpt
-    result["check"] = b.check()
-    print(f"   check: {json.dumps(result['check'])}", flush=True)
     return result
+
+
+def verdict(results: list[dict[str, Any]], min_agreement: float) -> tuple[str, list[str], list[str]]:
+    failed, crashed = [], []
+    for r in results:
+        for name in ROWS:
+            row = r.get(name, {})
+            if "error" in row:
+                crashed.append(f"{r['size']}/{name}")
+            if "check" in row and row["check"]["pair_agreement"] < min_agreement:
+                failed.append(f"{r['size']}/{name}: {row['check']['pair_agreement']:.4f}")
+    return ("FAIL" if failed else ("CRASHED ROWS" if crashed else "PASS")), failed, crashed
 
 
 def main() -> int:
@@ -393,7 +420,7 @@ def main() -> int:
         "--rows-time-limit",
         type=float,
         default=1e9,
-        help="seconds per size after which rows are skipped (the check still runs)",
+        help="seconds per size (after its fp32 reference) after which the remaining rows are skipped",
     )
     ap.add_argument("--vocab", type=int, default=128256)
     ap.add_argument(
@@ -418,27 +445,30 @@ def main() -> int:
     print(f"inputs: {len(lens)}, mean length {sum(lens) / len(lens):.0f}, max {max(lens)}", flush=True)
     peak = matmul_tflops(device, torch.bfloat16 if cuda else torch.float32, 8192 if cuda else 256)
     print(f"measured matmul: {peak:.1f} TFLOP/s ({'bf16' if cuda else 'fp32'})", flush=True)
-    results = [run_size(s, lens, args, device, peak) for s in sizes]
+    args.results = []
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        v = verdict(args.results, args.min_agreement)[0]
+        doc = {**info, "matmul_tflops": peak, "smoke": args.smoke, "verdict": v, "results": args.results}
+        args.out.write_text(json.dumps(doc, indent=2))
+
+    for size in sizes:
+        run_size(size, lens, args, device, peak, save)
     print(f"\n| model | row | tok/s | MFU | pair agreement vs fp32 ({args.check_n} inputs) | max diff |")
     print("|---|---|---|---|---|---|")
-    failed, crashed = [], []
-    for r in results:
+    for r in args.results:
         for name in args.rows.split(","):
-            row, chk = r[name], r["check"]["rows"].get(name)
-            if "error" in row:
-                crashed.append(f"{r['size']}/{name}")
-            if chk is not None and chk["pair_agreement"] < args.min_agreement:
-                failed.append(f"{r['size']}/{name}: {chk['pair_agreement']:.4f}")
+            row = r[name]
+            chk = row.get("check")
             tok_s = f"{row['tok_s']:.0f}" if "tok_s" in row else row.get("skipped", row.get("error", ""))[:60]
             mfu = f"{row['mfu']:.1%}" if "mfu" in row else ""
             agree = f"{chk['pair_agreement']:.4f}" if chk else ""
             diff = f"{chk['max_abs_diff']:.3g}" if chk else ""
             print(f"| {r['size']} | {name} | {tok_s} | {mfu} | {agree} | {diff} |")
-    verdict = "FAIL" if failed else ("CRASHED ROWS" if crashed else "PASS")
-    print(f"\norder check (>= {args.min_agreement}): {verdict} {failed or ''} {crashed or ''}", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    doc = {**info, "matmul_tflops": peak, "smoke": args.smoke, "verdict": verdict, "results": results}
-    args.out.write_text(json.dumps(doc, indent=2))
+    v, failed, crashed = verdict(args.results, args.min_agreement)
+    print(f"\norder check (>= {args.min_agreement}): {v} {failed or ''} {crashed or ''}", flush=True)
+    save()
     print(f"wrote {args.out}")
     return 1 if failed else (2 if crashed else 0)
 

@@ -109,7 +109,7 @@ def test_packed_bf16_uses_the_varlen_kernel_and_fp32_falls_back(
         assert calls and set(calls) == {torch.bfloat16}
 
 
-async def test_out_of_memory_split_frees_the_failed_batch_on_cuda(
+def test_out_of_memory_split_frees_the_failed_batch_on_cuda(
     tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An OOM raised mid-forward while 1 GiB of activations is alive: by the time the halves run, the
@@ -132,20 +132,25 @@ async def test_out_of_memory_split_frees_the_failed_batch_on_cuda(
         return real_score(hidden)
 
     monkeypatch.setattr(engine, "_score", score)
-    batcher: Batcher[Encoded, Any, Any] = Batcher(
-        prepare=engine.prepare,
-        run=engine.run,
-        batch_cost=engine.batch_cost,
-        max_batch_tokens=10**6,
-        max_batch_rows=64,
-        max_queued_requests=10,
-        max_queued_tokens=10**7,
-    )
-    await batcher.start()
-    try:
-        results = await asyncio.wait_for(batcher.submit(items, [e.n_tokens for e in items]), 120)
-    finally:
-        await batcher.close()
+
+    async def through_the_batcher() -> list[Any]:
+        batcher: Batcher[Encoded, Any, Any] = Batcher(
+            prepare=engine.prepare,
+            run=engine.run,
+            batch_cost=engine.batch_cost,
+            max_batch_tokens=10**6,
+            max_batch_rows=64,
+            max_queued_requests=10,
+            max_queued_tokens=10**7,
+        )
+        await batcher.start()
+        try:
+            return await asyncio.wait_for(batcher.submit(items, [e.n_tokens for e in items]), 120)
+        finally:
+            await batcher.close()
+
+    # asyncio.run, not an async test: the GPU host has no pytest-asyncio.
+    results = asyncio.run(through_the_batcher())
     assert len(at_halves) >= 2
     assert all(m < before[0] + (1 << 29) for m in at_halves), (before, at_halves)
     assert [r.score for r in results] == pytest.approx(clean, abs=1e-3)

@@ -28,7 +28,7 @@ BLOCKED = {"pydantic", "pydantic_settings", "pydantic_core", "fastapi", "starlet
 class Blocker(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"{name} is blocked in this test")
+            raise ModuleNotFoundError(f"{name} is blocked in this test", name=name)  # as when absent
         return None
 
 sys.meta_path.insert(0, Blocker())
