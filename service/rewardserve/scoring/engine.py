@@ -14,16 +14,21 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
-from rewardserve.config import BatchStrategy, Settings
 from rewardserve.errors import InputError, OutOfMemory
 from rewardserve.scoring import packing
 from rewardserve.scoring.fused import FusedDecoder
 from rewardserve.scoring.types import Encoded, ModelInfo, ScoreInput, ScoreOutput
+
+if TYPE_CHECKING:
+    # Type names only: the compute layer must import with torch + transformers alone (a GPU host
+    # running bench/bench_gpu.py has no pydantic); tests/unit/test_compute_imports.py checks it.
+    from rewardserve.config import BatchStrategy, Settings
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +51,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu")
+        raise RuntimeError("--device (REWARDSERVE_DEVICE) is cuda, but torch sees no CUDA device; set it to cpu")
     return torch.device(device)
 
 
@@ -147,8 +152,10 @@ class RewardEngine:
         kwargs: dict[str, Any] = dict(common, dtype=dtype)
         if model_type in packing.PACKABLE_MODEL_TYPES:
             kwargs["attn_implementation"] = attn
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
-        model.to(device).eval()
+        # Straight to the device: an 8B model loaded to the CPU first costs 16 GB of host memory and a
+        # second copy over PCIe.
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), device_map=device, **kwargs)
+        model.eval()
         tokenizer = AutoTokenizer.from_pretrained(
             str(path), trust_remote_code=settings.trust_remote_code, local_files_only=True
         )
@@ -281,10 +288,20 @@ class RewardEngine:
         try:
             with torch.inference_mode():
                 rows = self._forward(batch)
+                if self.score_activation == "sigmoid":
+                    rows = torch.sigmoid(rows)
+                # One device->host copy for the whole batch (a .tolist() per row syncs once per row).
+                values: list[list[float]] = rows.cpu().tolist()
         except torch.cuda.OutOfMemoryError as exc:
+            message = str(exc)
+        else:
+            return [self._output(v, e) for v, e in zip(values, batch.items, strict=True)]
+        # Out of the `except` on purpose: inside it, the OOM's traceback still holds the failed
+        # forward's frames and so its activations; freeing the cache or raising from there (`raise ..
+        # from exc` chains it) would keep them alive while the batcher runs the halves.
+        if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
             torch.cuda.empty_cache()
-            raise OutOfMemory(str(exc)) from exc
-        return [self._output(r, e) for r, e in zip(rows, batch.items, strict=True)]
+        raise OutOfMemory(message)
 
     def score_encoded(
         self, items: Sequence[Encoded], max_batch_tokens: int, max_rows: int
@@ -321,14 +338,14 @@ class RewardEngine:
             if self.fused is not None:
                 read = p.read_index.tolist()
                 final = self.fused.forward(p.input_ids[0], p.position_ids[0], p.cu_seqlens.tolist(), read)
-                return self._head(final).float()  # type: ignore[no-any-return]
+                return self._score(final)
             hidden = self._base(
                 input_ids=p.input_ids,
                 position_ids=p.position_ids,
                 use_cache=False,
                 **{packing.CU_SEQLENS_KW: p.cu_seqlens, packing.MAX_LEN_KW: p.max_seqlen},
             ).last_hidden_state
-            return self._head(hidden[0, p.read_index]).float()  # type: ignore[no-any-return]
+            return self._score(hidden[0, p.read_index])
         if batch.strategy == "padded":
             d = batch.padded
             assert d is not None
@@ -337,31 +354,37 @@ class RewardEngine:
                     input_ids=d.input_ids, attention_mask=d.attention_mask, use_cache=False
                 ).last_hidden_state
                 rows = torch.arange(hidden.shape[0], device=hidden.device)
-                return self._head(hidden[rows, d.read_index]).float()  # type: ignore[no-any-return]
+                return self._score(hidden[rows, d.read_index])
             kw: dict[str, Any] = {"attention_mask": d.attention_mask}
             if d.token_type_ids is not None:
                 kw["token_type_ids"] = d.token_type_ids
             return self.model(input_ids=d.input_ids, **kw).logits.float()  # type: ignore[no-any-return]
         return torch.cat([self._forward_one(e) for e in batch.items])
 
+    def _score(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The reward head in fp32 on the (bf16) hidden states it reads: a bf16 head would round
+        rewards to bf16 steps (~0.03 near |r| = 5), enough to flip close pairs. One row per sequence,
+        so the cast costs nothing."""
+        head = self._head
+        bias = head.bias.float() if head.bias is not None else None
+        return F.linear(hidden.float(), head.weight.float(), bias)
+
     def _forward_one(self, e: Encoded) -> torch.Tensor:
         ids = torch.tensor([e.input_ids], dtype=torch.long, device=self.device)
         at = packing.read_position(e.input_ids, self.pad_token_id)
         if self.fused is not None:
             positions = torch.arange(len(e.input_ids))
-            return self._head(self.fused.forward(ids[0], positions, [0, len(e.input_ids)], [at])).float()  # type: ignore[no-any-return]
+            return self._score(self.fused.forward(ids[0], positions, [0, len(e.input_ids)], [at]))
         if self.decoder_head:
             hidden = self._base(input_ids=ids, use_cache=False).last_hidden_state
-            return self._head(hidden[:, at]).float()  # type: ignore[no-any-return]
+            return self._score(hidden[:, at])
         kw: dict[str, Any] = {}
         if e.token_type_ids is not None:
             kw["token_type_ids"] = torch.tensor([e.token_type_ids], dtype=torch.long, device=self.device)
         return self.model(input_ids=ids, **kw).logits.float()  # type: ignore[no-any-return]
 
-    def _output(self, row: torch.Tensor, e: Encoded) -> ScoreOutput:
-        if self.score_activation == "sigmoid":
-            row = torch.sigmoid(row)
-        values = tuple(float(v) for v in row.tolist())
+    def _output(self, row: list[float], e: Encoded) -> ScoreOutput:
+        values = tuple(float(v) for v in row)
         if len(values) == 1:
             score = values[0]
         elif self._objective_index is not None:

@@ -4,8 +4,10 @@ Sequences are concatenated into one row with position ids restarted per sequence
 (``cu_seqlens``, FlashAttention's convention) travel to every attention layer as a keyword argument.
 An attention function registered with transformers' ``AttentionInterface`` reads them:
 
-- CUDA: ``torch.nn.attention.varlen.varlen_attn`` (FlashAttention varlen kernel, no padding at all);
-- CPU (or a torch without varlen): one causal SDPA call per sequence, which is exact and cheap there.
+- CUDA in fp16/bf16: ``torch.nn.attention.varlen.varlen_attn`` (FlashAttention varlen kernel, no
+  padding at all);
+- anything else (CPU, fp32 on CUDA: FlashAttention takes fp16/bf16 only, or a torch without varlen):
+  one causal SDPA call per sequence, which is exact and cheap there.
 
 Calls without boundaries (padded batches, warm-up) fall through to transformers' SDPA path with its
 usual mask, so one model object serves every batch strategy.
@@ -142,6 +144,16 @@ _VARLEN = _varlen_kernel()
 _VARLEN_PARAMS = frozenset(inspect.signature(_VARLEN).parameters) if _VARLEN is not None else frozenset()
 
 
+# FlashAttention's varlen kernel computes in these dtypes only; fp32 on CUDA would fail in the kernel.
+VARLEN_DTYPES = frozenset({torch.float16, torch.bfloat16})
+
+
+def use_varlen_kernel(device_type: str, dtype: torch.dtype, available: bool = _VARLEN is not None) -> bool:
+    """Whether a packed attention call on this device and dtype goes to the varlen kernel (else the
+    exact per-sequence path)."""
+    return available and device_type == "cuda" and dtype in VARLEN_DTYPES
+
+
 def _cuda_varlen(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, max_len: int, scale: float | None
 ) -> torch.Tensor:
@@ -194,7 +206,7 @@ def varlen_attention(
         )
         return out, None
     max_len = int(kwargs[MAX_LEN_KW])
-    if query.is_cuda and _VARLEN is not None:
+    if use_varlen_kernel(query.device.type, query.dtype):
         # [1, H, T, D] -> [T, H, D], the layout FlashAttention varlen expects.
         q, k, v = (x[0].transpose(0, 1).contiguous() for x in (query, key, value))
         out = _cuda_varlen(q, k, v, cu, max_len, scaling)
