@@ -52,8 +52,6 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device (REWARDSERVE_DEVICE) is cuda, but torch sees no CUDA device: use cpu")
-            "--device (REWARDSERVE_DEVICE) is cuda, but torch sees no CUDA device; set it to cpu"
-        )
     return torch.device(device)
 
 
