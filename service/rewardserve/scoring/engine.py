@@ -60,6 +60,9 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 class RewardEngine:
     """One loaded reward model: tokenizer, chat template, batch strategy, heads."""
 
+    # What ``load`` instantiates; subclasses for other heads (scoring/prm.py) name theirs.
+    auto_model_class: Any = AutoModelForSequenceClassification
+
     def __init__(
         self,
         model: Any,
@@ -148,7 +151,7 @@ class RewardEngine:
         kwargs: dict[str, Any] = dict(common, dtype=dtype)
         if model_type in packing.PACKABLE_MODEL_TYPES:
             kwargs["attn_implementation"] = attn
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
+        model = cls.auto_model_class.from_pretrained(str(path), **kwargs)
         model.to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(
             str(path), trust_remote_code=settings.trust_remote_code, local_files_only=True
