@@ -21,3 +21,8 @@ class ModelNotFound(RewardServeError):
 
 class NotReady(RewardServeError):
     """Models still loading, or the server is draining. HTTP 503 / UNAVAILABLE."""
+
+
+class ConfigError(RewardServeError, ValueError):
+    """The served-model declaration (--model / --config YAML) is invalid: unknown or duplicate names,
+    a cycle, an ensemble member that is not a model, a bad normalization file. Raised at start-up."""

@@ -44,7 +44,7 @@ class PRMEngine(RewardEngine):
             raise ValueError(
                 f"{self.info.name}: a process reward model needs a 2-label token-classification head "
                 f"(label 1 = the step is good, as Qwen2.5-Math-PRM defines it); this one has {labels}. "
-                'Declare it with kind: model if it is an outcome reward model.'
+                "Declare it with kind: model if it is an outcome reward model."
             )
         self.info = dataclasses.replace(self.info, head="prm", objectives=())
         self.separator = DEFAULT_SEPARATOR
@@ -52,7 +52,12 @@ class PRMEngine(RewardEngine):
 
     @classmethod
     def load(
-        cls, path: Path, settings: Settings, *, name: str | None = None, step_separator: str = DEFAULT_SEPARATOR
+        cls,
+        path: Path,
+        settings: Settings,
+        *,
+        name: str | None = None,
+        step_separator: str = DEFAULT_SEPARATOR,
     ) -> PRMEngine:
         engine = cast(PRMEngine, super().load(path, settings, name=name))
         engine.set_separator(step_separator)
@@ -105,7 +110,7 @@ class PRMEngine(RewardEngine):
             if inp.messages is not None:
                 *context, last = context
                 if last["role"] != "assistant":
-                    raise InputError('the last message must be the assistant turn that holds the steps')
+                    raise InputError("the last message must be the assistant turn that holds the steps")
                 answer = last["content"]
             else:
                 answer = inp.response or ""
@@ -168,7 +173,10 @@ class PRMEngine(RewardEngine):
             else:
                 states = None
                 out = self.model(input_ids=d.input_ids, attention_mask=d.attention_mask)
-            index = (torch.tensor(rows, device=d.input_ids.device), torch.tensor(cols, device=d.input_ids.device))
+            index = (
+                torch.tensor(rows, device=d.input_ids.device),
+                torch.tensor(cols, device=d.input_ids.device),
+            )
             if states is not None:
                 return self._head(states[index])  # type: ignore[no-any-return]
             return out.logits[index]  # type: ignore[no-any-return]

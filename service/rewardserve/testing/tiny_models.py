@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import torch
+from tokenizers import AddedToken
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -23,7 +24,6 @@ from transformers import (
     GenerationConfig,
     PreTrainedTokenizerFast,
 )
-from tokenizers import AddedToken
 from transformers.utils import logging as hf_logging
 
 from rewardserve.testing.tiny_tokenizers import (
