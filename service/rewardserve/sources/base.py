@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from rewardserve.errors import InputError
-from rewardserve.scoring.service import sigmoid
 from rewardserve.scoring.types import RewardResult, ScoreInput, ScoreOptions
 
 
@@ -66,7 +66,7 @@ async def compare(
             out.append(PairResult(None, None, a, b))
         else:
             margin = a.score - b.score
-            out.append(PairResult(margin, sigmoid(margin), a, b))
+            out.append(PairResult(margin, 0.5 * (1.0 + math.tanh(margin / 2)), a, b))  # sigmoid, no overflow
     return out
 
 

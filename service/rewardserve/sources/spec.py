@@ -282,7 +282,7 @@ def validate(entries: Sequence[Entry]) -> list[Entry]:
                 )
             if e.ref_kinds is not None and target.kind not in e.ref_kinds:
                 raise ConfigError(
-                    f"{e.where} {e.name!r}: {ref!r} is a {target.kind}, but a {e.kind}'s members must be "
+                    f"{e.where} {e.name!r}: {ref!r} is a {target.kind} entry; {e.kind} members must be "
                     f"{' or '.join(sorted(e.ref_kinds))} entries"
                 )
     dependency_order(entries)  # raises on a cycle
