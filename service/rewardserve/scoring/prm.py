@@ -161,7 +161,7 @@ class PRMEngine(RewardEngine):
                 use_cache=False,
                 **{packing.CU_SEQLENS_KW: p.cu_seqlens, packing.MAX_LEN_KW: p.max_seqlen},
             ).last_hidden_state[0]
-            return self._head(hidden[torch.tensor(flat, device=hidden.device)])  # type: ignore[no-any-return]
+            return self._head(hidden[torch.tensor(flat, dtype=torch.long, device=hidden.device)])  # type: ignore[no-any-return]
         if batch.strategy == "padded":
             d = batch.padded
             assert d is not None
@@ -173,9 +173,10 @@ class PRMEngine(RewardEngine):
             else:
                 states = None
                 out = self.model(input_ids=d.input_ids, attention_mask=d.attention_mask)
+            dev = d.input_ids.device
             index = (
-                torch.tensor(rows, device=d.input_ids.device),
-                torch.tensor(cols, device=d.input_ids.device),
+                torch.tensor(rows, dtype=torch.long, device=dev),
+                torch.tensor(cols, dtype=torch.long, device=dev),
             )
             if states is not None:
                 return self._head(states[index])  # type: ignore[no-any-return]
