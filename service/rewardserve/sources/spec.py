@@ -72,7 +72,9 @@ class ModelConfig(_EntryConfig):
     def settings(self, base: Settings) -> Settings:
         """This model's Settings: the server's, with this entry's overrides (validated again)."""
         overrides = {f: getattr(self, f) for f in MODEL_SETTINGS if getattr(self, f) is not None}
+        # models/config cleared: this Settings describes one model, not the declaration it came from.
         values = {**base.model_dump(), **overrides, "model": self.path, "model_name": self.name}
+        values.update(models=[], config=None)
         if "max_input_tokens" in overrides and "max_batch_tokens" not in overrides:
             values["max_batch_tokens"] = max(base.max_batch_tokens, overrides["max_input_tokens"])
         return Settings(**values)
