@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     """YAML file declaring models, ensembles and composites (README "Several reward models"); exclusive
     with --model."""
     model_name: str = Field(default="default", min_length=1, max_length=128)
-    """Name clients use in requests ("model" field). One served model per process today."""
+    """Name of a bare --model PATH (and of the demo model): what requests put in "model"."""
     device: Device = "auto"
     """auto = cuda when available, else cpu."""
     dtype: DType = "auto"
