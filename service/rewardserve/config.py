@@ -42,8 +42,14 @@ class Settings(BaseSettings):
     model: Path | None = None
     """Reward model directory (a transformers AutoModelForSequenceClassification, safetensors).
     Unset: the built-in demo model, built offline on first use and cached."""
+    models: list[str] = Field(default_factory=list)
+    """More reward models, each `NAME=PATH` (repeatable --model); a bare PATH takes --name. Served side
+    by side, each with its own batcher and token budget; the first is the default."""
+    config: Path | None = None
+    """YAML file declaring models, ensembles and composites (README "Several reward models"); exclusive
+    with --model."""
     model_name: str = Field(default="default", min_length=1, max_length=128)
-    """Name clients use in requests ("model" field). One served model per process today."""
+    """Name of a bare --model PATH (and of the demo model): what requests put in "model"."""
     device: Device = "auto"
     """auto = cuda when available, else cpu."""
     dtype: DType = "auto"

@@ -198,3 +198,11 @@ class RowError(RewardServeError, ValueError):
 class DemoBuildError(RewardServeError, RuntimeError):
     """Raised when the demo model could not be built, or came out worse than
     ``demo.build.MIN_TEST_ACCURACY``."""
+
+
+# --- start-up ---------------------------------------------------------------------------------------
+
+
+class ConfigError(RewardServeError, ValueError):
+    """The served-model declaration (--model / --config YAML) is invalid: unknown or duplicate names,
+    a cycle, an ensemble member that is not a model, a bad normalization file. Raised at start-up."""

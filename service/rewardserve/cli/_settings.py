@@ -33,7 +33,7 @@ def flag(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def _option_type(annotation: Any) -> tuple[type, str | None]:
+def _option_type(annotation: Any) -> tuple[Any, str | None]:
     """The Python type typer parses the option as, and a metavar listing the choices of a Literal."""
     args = get_args(annotation)
     if get_origin(annotation) in (Union, types.UnionType):
@@ -44,6 +44,8 @@ def _option_type(annotation: Any) -> tuple[type, str | None]:
         return str, "[" + "|".join(str(a) for a in args) + "]"
     if annotation in (bool, int, float, str, Path):
         return annotation, None
+    if get_origin(annotation) is list and get_args(annotation) == (str,):
+        return list[str], None  # a repeatable option: --x a --x b
     raise TypeError(f"Settings field type {annotation!r} has no command-line form; add one in {__name__}")
 
 
@@ -96,7 +98,8 @@ def with_settings_options(
 
         @functools.wraps(fn)
         def command(**kwargs: Any) -> None:
-            given = {k: kwargs.pop(k) for k in names if kwargs.get(k) is not None}
+            # None, or an empty list for a repeatable option: not given (Settings reads the env).
+            given = {k: kwargs.pop(k) for k in names if kwargs.get(k) not in (None, [], ())}
             for k in names:
                 kwargs.pop(k, None)
             fn(given, **kwargs)

@@ -64,6 +64,9 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 class RewardEngine:
     """One loaded reward model: tokenizer, chat template, batch strategy, heads."""
 
+    # What ``load`` instantiates; subclasses for other heads (scoring/prm.py) name theirs.
+    auto_model_class: Any = AutoModelForSequenceClassification
+
     def __init__(
         self,
         model: Any,
@@ -154,7 +157,7 @@ class RewardEngine:
             kwargs["attn_implementation"] = attn
         # Straight to the device: an 8B model loaded to the CPU first costs 16 GB of host memory and a
         # second copy over PCIe.
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), device_map=device, **kwargs)
+        model = cls.auto_model_class.from_pretrained(str(path), device_map=device, **kwargs)
         model.eval()
         tokenizer = AutoTokenizer.from_pretrained(
             str(path), trust_remote_code=settings.trust_remote_code, local_files_only=True

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+Status = Literal["ok", "timeout", "error", "parse_failed"]
+Reduce = Literal["mean", "min", "conservative"]
+StepReduce = Literal["min", "last", "mean", "prod"]
 
 
 @dataclass(frozen=True)
@@ -14,12 +18,17 @@ class Message:
 
 @dataclass(frozen=True)
 class ScoreInput:
-    """One thing to score: a prompt/response pair, a conversation, or raw text (exactly one)."""
+    """One thing to score: a prompt/response pair, a conversation, or raw text (exactly one).
+
+    ``steps`` is a process reward model's input: the reasoning steps of the assistant turn (with a
+    ``prompt``, or after ``messages`` that hold the conversation so far).
+    """
 
     prompt: str | None = None
     response: str | None = None
     messages: tuple[Message, ...] | None = None
     text: str | None = None
+    steps: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,7 @@ class ScoreOutput:
     values: tuple[float, ...]
     tokens: int
     truncated: bool
+    step_scores: tuple[float, ...] | None = None  # process reward models: P(good) of each step
 
 
 @dataclass(frozen=True)
@@ -76,3 +86,66 @@ class ModelInfo:
             "chat_template": self.has_chat_template,
             "kernels": self.kernels,
         }
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """Per-request options every reward source accepts (a source ignores those not meant for it)."""
+
+    truncate: bool = False
+    reduce: Reduce | None = None  # ensembles: what `score` holds (None: the ensemble's configured one)
+    step_reduce: StepReduce | None = None  # PRMs: steps -> score (None: the model's configured one)
+    deadline: float | None = None  # time.monotonic() by which the call must finish; None: the default
+
+
+@dataclass(frozen=True)
+class RewardResult:
+    """One input's answer from any reward source (model, PRM, ensemble, composite, function, judge).
+
+    ``score`` is None exactly when ``status`` is not "ok": a failed input is masked, never a silent 0.
+    Only the fields a source sets appear in ``details()``.
+    """
+
+    score: float | None
+    status: Status = "ok"
+    tokens: int = 0
+    truncated: bool = False
+    values: tuple[float, ...] = ()  # every head output
+    objectives: dict[str, float] | None = None  # multi-objective heads: objective -> value
+    raw: float | None = None  # the score before normalization (set only when normalized)
+    members: dict[str, float | None] | None = None  # ensembles: member -> its reward
+    mean: float | None = None
+    std: float | None = None
+    min: float | None = None
+    conservative: float | None = None
+    components: dict[str, float | None] | None = None  # composites: component -> its reward
+    step_scores: tuple[float, ...] | None = None  # PRMs
+    extras: dict[str, Any] | None = None  # reward functions' extra fields
+    error: str | None = None  # why, when status is not "ok"
+
+    @property
+    def mask(self) -> bool:
+        return self.status != "ok"
+
+    def details(self) -> dict[str, Any]:
+        """The JSON ``details[i]`` of a scoring answer: tokens and truncated always, the rest if set."""
+        out: dict[str, Any] = {"tokens": self.tokens, "truncated": self.truncated}
+        if self.status != "ok":
+            out["status"] = self.status
+            out["mask"] = True
+            if self.error is not None:
+                out["error"] = self.error
+        if self.objectives is not None:
+            out["objectives"] = dict(self.objectives)
+        if self.raw is not None:
+            out["raw"] = self.raw
+        if self.members is not None:
+            out["members"] = dict(self.members)
+            out.update(mean=self.mean, std=self.std, min=self.min, conservative=self.conservative)
+        if self.components is not None:
+            out["components"] = dict(self.components)
+        if self.step_scores is not None:
+            out["step_scores"] = list(self.step_scores)
+        if self.extras:
+            out.update(self.extras)
+        return out

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import torch
+from tokenizers import AddedToken
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
     GenerationConfig,
     PreTrainedTokenizerFast,
 )
@@ -48,6 +50,7 @@ __all__ = [
     "TokenizerKind",
     "build_bench_reward_model",
     "build_tiny_causal_lm",
+    "build_tiny_prm",
     "build_tiny_reward_model",
     "build_tokenizer",
     "lognormal_lengths",
@@ -316,3 +319,46 @@ def build_bench_reward_model(out_dir: Path, *, seed: int = 0) -> Path:
         # Keeps rewards O(1) at hidden 256 (score std ~ r * sqrt(hidden)).
         initializer_range=0.1,
     )
+
+
+def build_tiny_prm(
+    out_dir: Path,
+    arch: Arch = "qwen2",
+    *,
+    separator: str = "<extra_0>",
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 128,
+    max_position_embeddings: int = 512,
+    seed: int = 0,
+    vocab_size: int = 1000,
+) -> Path:
+    """Build a random-weight process reward model: a decoder ``*ForTokenClassification`` with 2 labels
+    (Qwen2.5-Math-PRM's layout: label 1 = the step is good), the bpe tokenizer with its chat template,
+    and ``separator`` added as one special token (appended, so every other id is as in
+    ``build_tiny_reward_model``). Returns ``out_dir``."""
+    if arch == "bert":
+        raise ValueError("build_tiny_prm builds decoders; bert has no chat template to put steps in")
+    tokenizer = make_tokenizer("bpe", vocab_size, model_max_length=max_position_embeddings)
+    tokenizer.add_tokens([AddedToken(separator, special=True, normalized=False)], special_tokens=True)
+    cfg_kwargs = _decoder_config_kwargs(
+        arch,
+        tokenizer=tokenizer,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim=None,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+        initializer_range=DEFAULT_INITIALIZER_RANGE[arch],
+    )
+    config = AutoConfig.for_model(
+        arch, num_labels=2, id2label={0: "bad", 1: "good"}, label2id={"bad": 0, "good": 1}, **cfg_kwargs
+    )
+    with _seeded(seed):
+        model = AutoModelForTokenClassification.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
+    model.eval()
+    return _save_model(model, tokenizer, out_dir)
