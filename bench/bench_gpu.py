@@ -264,6 +264,7 @@ class Bench:
             from loadgen import post_all
             from rewardserve.app import RewardServer
             from rewardserve.config import Settings
+            from rewardserve.metrics import Metrics
             from rewardserve.scoring.service import ScoringService
         except ImportError as exc:
             return {"skipped": f"{exc}: carry the wheels (bench/download_wheels.sh, bench/device_check.sh)"}
@@ -284,9 +285,10 @@ class Bench:
         thread.start()
 
         async def boot() -> Any:
-            service = ScoringService(eng, settings)
+            metrics = Metrics()
+            service = ScoringService(eng, settings, metrics=metrics)
             await service.start()
-            server = RewardServer(settings, scoring=service)
+            server = RewardServer(settings, metrics=metrics, scoring=service)
             await server.start()
             return server
 
