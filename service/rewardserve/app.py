@@ -24,7 +24,9 @@ from rewardserve.api.grpc import GrpcServer
 from rewardserve.api.http import build_http_app
 from rewardserve.config import Settings
 from rewardserve.demo.paths import resolve_model_path
+from rewardserve.errors import ConfigError
 from rewardserve.metrics import Metrics
+from rewardserve.registry import Registry
 from rewardserve.runtime import Runtime
 from rewardserve.scoring.engine import RewardEngine
 from rewardserve.scoring.service import ScoringModel, ScoringService
@@ -70,6 +72,35 @@ async def load_scoring(
     return service
 
 
+async def load_registry(
+    settings: Settings, metrics: Metrics, load_model: ModelLoader = load_engine
+) -> Registry:
+    """Every declared reward source (--model NAME=PATH, --config FILE, or the demo model), loaded,
+    warmed up and started. Raises ConfigError for a declaration that cannot be served.
+
+    A custom ``load_model`` (tests: a gated engine) serves that one model under --model-name instead.
+    """
+    if load_model is load_engine:
+        registry = await Registry.from_settings(settings, metrics=metrics)
+        await registry.start()
+    else:
+        from rewardserve.sources.model import ModelSource
+
+        service = await load_scoring(settings, metrics, load_model)
+        registry = Registry([ModelSource(service.name, service)])
+    for card in registry.cards():
+        log.info("reward source %r ready: %s", card["id"], _describe(card))
+    return registry
+
+
+def _describe(card: dict[str, object]) -> str:
+    """One log line's worth of a card (whatever the kind: every card has "kind")."""
+    keys = ("kind", "architecture", "device", "dtype", "max_input_tokens", "batch_strategy", "kernels")
+    shown = ", ".join(f"{k}={card[k]}" for k in keys if card.get(k) is not None)
+    members = card.get("members") or card.get("weights")
+    return shown + (f", over {members}" if members else "")
+
+
 class _UvicornServer(uvicorn.Server):
     """uvicorn without its own signal handling: ours drains first, and uvicorn's would re-raise
     SIGTERM after shutdown, so the process would die by signal instead of exiting 0."""
@@ -103,7 +134,8 @@ class RewardServer:
     """HTTP and gRPC servers over one Runtime, in the caller's event loop.
 
     ``metrics`` is the process's one Metrics: the services record into it and /metrics renders it.
-    Services built by the caller (``scoring``, ``generation``) must have been given the same one.
+    Services built by the caller (``registry``, ``scoring``, ``generation``) must have been given
+    the same one. ``scoring`` is a one-model registry's service (kept for callers that built one).
     """
 
     def __init__(
@@ -112,6 +144,7 @@ class RewardServer:
         *,
         metrics: Metrics | None = None,
         scoring: ScoringService | None = None,
+        registry: Registry | None = None,
         generation: GenerationService | None = None,
         load_model: ModelLoader = load_engine,
         freeze_heap: bool = False,
@@ -126,7 +159,20 @@ class RewardServer:
         self.settings = settings
         self._freeze_heap = freeze_heap
         self._load_model = load_model
-        self.runtime = Runtime(settings, metrics, scoring=scoring, generation=generation)
+        if scoring is not None:
+            if registry is not None:
+                raise ValueError("give RewardServer either registry= or scoring=, not both")
+            from rewardserve.sources.model import ModelSource
+
+            registry = Registry([ModelSource(scoring.name, scoring)])
+        if registry is not None:
+            for service in registry.scoring_services().values():
+                if service.metrics is not metrics:
+                    raise ValueError(
+                        "a registry model records into another Metrics than this server exports; "
+                        "build the registry with the Metrics passed as RewardServer(metrics=...)"
+                    )
+        self.runtime = Runtime(settings, metrics, registry=registry, generation=generation)
         self._sock = _bind(settings.host, settings.port)
         self.http_port: int = self._sock.getsockname()[1]
         config = uvicorn.Config(
@@ -154,7 +200,7 @@ class RewardServer:
             self._sock.close()
             raise
         self._tasks.append(asyncio.create_task(self._http.serve(sockets=[self._sock]), name="http"))
-        if self.runtime.scoring is None or self._generator_missing():
+        if self.runtime.registry is None or self._generator_missing():
             self._tasks.append(asyncio.create_task(self._load(), name="load"))
         elif self.runtime.ready:
             await self._now_serving()
@@ -176,15 +222,20 @@ class RewardServer:
 
     async def _load(self) -> None:
         try:
-            if self.runtime.scoring is None:
-                scoring = await load_scoring(self.settings, self.runtime.metrics, self._load_model)
-                self.runtime.scoring = scoring
+            if self.runtime.registry is None:
+                registry = await load_registry(self.settings, self.runtime.metrics, self._load_model)
+                self.runtime.registry = registry
             if self._generator_missing() and not self.runtime.draining:
                 from rewardserve.generation.service import start_generation
 
                 self.runtime.generation = await start_generation(self.settings, self.runtime.metrics)
             if self.runtime.ready:
                 await self._now_serving()
+        except ConfigError as exc:  # a declaration that cannot be served: say what to fix, exit 2
+            self.runtime.load_error = str(exc)
+            log.error("invalid model declaration: %s", exc)
+            self.exit_code = 2
+            self.request_stop()
         except Exception as exc:
             self.runtime.load_error = str(exc)
             log.error("model failed to load: %s", exc)
@@ -200,10 +251,10 @@ class RewardServer:
     async def _drain_and_stop(self) -> None:
         self.runtime.draining = True
         await self._grpc.begin_drain()  # health NOT_SERVING; new gRPC work gets UNAVAILABLE
-        scoring = self.runtime.scoring
+        registry = self.runtime.registry
         timeout = self.settings.drain_timeout_s
-        if scoring is not None and not await scoring.wait_idle(timeout):
-            log.warning("drain timeout (%.0fs): %d calls still in flight", timeout, scoring.in_flight)
+        if registry is not None and not await registry.wait_idle(timeout):
+            log.warning("drain timeout (%.0fs): %d calls still in flight", timeout, registry.in_flight)
         generation = self.runtime.generation
         if generation is not None and not await generation.wait_idle(timeout):
             log.warning("drain timeout (%.0fs): %d generations in flight", timeout, generation.in_flight)
@@ -212,8 +263,9 @@ class RewardServer:
         # ending themselves (a health Watch never ends on its own; it is cut after the grace).
         grpc_stop = asyncio.create_task(self._grpc.stop(grace=min(2.0, timeout)), name="grpc-stop")
         await asyncio.gather(*self._tasks, grpc_stop, return_exceptions=True)
-        if scoring is not None:
-            await scoring.close(drain=True, timeout=timeout)
+        # Read again: a registry still loading when the drain began is loaded by now (gather above).
+        if self.runtime.registry is not None:
+            await self.runtime.registry.close(drain=True, timeout=timeout)
         # Read again: a load still running when the drain began has finished by now (gather above),
         # and an engine it started must be stopped too, or its processes outlive us.
         if self.runtime.generation is not None:

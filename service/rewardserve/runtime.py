@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING
 from rewardserve.config import Settings
 from rewardserve.errors import ModelNotFound, NotReady
 from rewardserve.metrics import Metrics
-from rewardserve.scoring.service import ScoringService
 
 if TYPE_CHECKING:  # the generation package is imported only when a generator is configured
     from rewardserve.generation.service import GenerationService
+    from rewardserve.registry import Registry
+    from rewardserve.scoring.service import ScoringService
 
 
 @dataclass
@@ -20,7 +21,7 @@ class Runtime:
 
     settings: Settings
     metrics: Metrics  # the one instance: the services record into it, /metrics renders it
-    scoring: ScoringService | None = None
+    registry: Registry | None = None  # every reward source by name; None while loading
     generation: GenerationService | None = None
     draining: bool = False
     load_error: str | None = None
@@ -28,15 +29,32 @@ class Runtime:
     @property
     def ready(self) -> bool:
         generator_ok = self.settings.generator is None or self.generation is not None
-        return self.scoring is not None and generator_ok and not self.draining
+        return self.registry is not None and generator_ok and not self.draining
 
-    def require_scoring(self) -> ScoringService:
-        """The scoring service, or NotReady (503 / UNAVAILABLE) while loading or draining."""
+    def require_registry(self) -> Registry:
+        """The reward sources by name, or NotReady (503 / UNAVAILABLE) while loading or draining.
+        Every scoring door resolves what a request names through it (``registry.resolve``)."""
         if self.draining:
             raise NotReady("server is draining; retry on another replica")
-        if self.scoring is None:
+        if self.registry is None:
             raise NotReady("model is still loading" if self.load_error is None else "model failed to load")
-        return self.scoring
+        return self.registry
+
+    def require_scoring(self, name: str | None = None) -> ScoringService:
+        """The ScoringService of model entry ``name`` (None: the default entry, or the first model
+        entry when the default is an ensemble or composite): what rollouts score with. NotReady while
+        loading or draining; ModelNotFound when ``name`` is not a model entry."""
+        services = self.require_registry().scoring_services()
+        if name:
+            if name not in services:
+                raise ModelNotFound(f"{name!r} is not a reward model served here; models: {list(services)}")
+            return services[name]
+        default = self.require_registry().default.name
+        if default in services:
+            return services[default]
+        if not services:
+            raise ModelNotFound("this server holds no reward model entry to score with")
+        return next(iter(services.values()))
 
     def require_generation(self) -> GenerationService:
         """The generation service; ModelNotFound (404) when none is configured, NotReady (503) while

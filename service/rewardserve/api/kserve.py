@@ -10,6 +10,8 @@ means for a reward model is decided here, once:
   (K = the model's objectives, in ModelMetadata order).
 * request parameter ``truncate`` (bool): cut too-long inputs instead of refusing them.
 * one model version, "1"; an empty version means it.
+* every registry entry is a model here, under its name (ensembles and composites too: FP32 ``score``
+  is what their ``scores`` hold); an empty name is the default entry.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import struct
 from dataclasses import dataclass, field
 
 from rewardserve import __version__
+from rewardserve.api import routing
 from rewardserve.errors import InputError, ModelNotFound
 from rewardserve.runtime import Runtime
-from rewardserve.scoring.types import ModelInfo, ScoreInput, ScoreOutput
+from rewardserve.scoring.types import RewardResult, ScoreInput
+from rewardserve.sources.base import RewardSource
 
 SERVER_NAME = "rewardserve"
 MODEL_VERSION = "1"
@@ -81,26 +85,31 @@ def server_metadata() -> tuple[str, str, tuple[str, ...]]:
     return SERVER_NAME, __version__, EXTENSIONS
 
 
-def output_specs(info: ModelInfo) -> tuple[TensorSpec, ...]:
+def objectives_of(source: RewardSource) -> list[str]:
+    """The named head outputs of an entry (a multi-objective model's; none for other entries)."""
+    return list(source.card().get("objectives") or [])
+
+
+def output_specs(source: RewardSource) -> tuple[TensorSpec, ...]:
     specs = [TensorSpec(SCORE, FP32, (-1,))]
-    if info.objectives:
-        specs.append(TensorSpec(OBJECTIVES, FP32, (-1, len(info.objectives))))
+    objectives = objectives_of(source)
+    if objectives:
+        specs.append(TensorSpec(OBJECTIVES, FP32, (-1, len(objectives))))
     return tuple(specs)
 
 
-def model_metadata(info: ModelInfo) -> ModelMetadata:
+def model_metadata(source: RewardSource) -> ModelMetadata:
     """Inputs are listed all three: give {prompt, response} or {text}."""
     inputs = tuple(TensorSpec(name, BYTES, (-1,)) for name in INPUT_NAMES)
-    return ModelMetadata(info.name, (MODEL_VERSION,), PLATFORM, inputs, output_specs(info))
+    return ModelMetadata(source.name, (MODEL_VERSION,), PLATFORM, inputs, output_specs(source))
 
 
-def check_model(runtime: Runtime, name: str, version: str) -> ModelInfo:
-    """The served model's info, or ModelNotFound / NotReady."""
-    scoring = runtime.require_scoring()
-    scoring.check_model(name)
+def check_model(runtime: Runtime, name: str, version: str) -> RewardSource:
+    """The registry entry called ``name`` ("" = the default), or ModelNotFound / NotReady."""
+    source = routing.resolve(runtime, name)
     if version not in ("", MODEL_VERSION):
         raise ModelNotFound(f"model {name!r} has no version {version!r}; versions: [{MODEL_VERSION!r}]")
-    return scoring.info
+    return source
 
 
 def model_ready(runtime: Runtime, name: str, version: str) -> bool:
@@ -179,21 +188,24 @@ def _utf8(value: bytes, name: str, index: int) -> str:
 
 
 def to_outputs(
-    outputs: list[ScoreOutput], info: ModelInfo, requested: list[str] | None
+    outputs: list[RewardResult], source: RewardSource, requested: list[str] | None
 ) -> list[OutputTensor]:
-    """The requested output tensors (all of them when ``requested`` is None or empty)."""
-    available = {spec.name for spec in output_specs(info)}
-    names = list(requested) if requested else [spec.name for spec in output_specs(info)]
+    """The requested output tensors (all of them when ``requested`` is None or empty). A masked
+    input's score is NaN (FP32 has no null)."""
+    specs = output_specs(source)
+    available = {spec.name for spec in specs}
+    names = list(requested) if requested else [spec.name for spec in specs]
     for name in names:
         if name not in available:
             raise InputError(f"unknown output {name!r}; this model has {sorted(available)}")
     tensors = []
     for name in names:
         if name == SCORE:
-            tensors.append(OutputTensor(SCORE, (len(outputs),), [o.score for o in outputs]))
+            scores = [math.nan if o.score is None else o.score for o in outputs]
+            tensors.append(OutputTensor(SCORE, (len(outputs),), scores))
         else:
-            k = len(info.objectives)
-            values = [v for o in outputs for v in o.values]
+            k = len(objectives_of(source))
+            values = [v for o in outputs for v in (o.values or (math.nan,) * k)]
             tensors.append(OutputTensor(OBJECTIVES, (len(outputs), k), values))
     return tensors
 
@@ -210,8 +222,9 @@ async def infer(
 ) -> tuple[str, list[OutputTensor]]:
     """One ModelInfer: check the model, decode, score through the shared service, encode.
     Returns (served model name, output tensors)."""
-    info = check_model(runtime, model, version)
+    source = check_model(runtime, model, version)
     inputs = to_inputs(tensors)
-    scoring = runtime.require_scoring()
-    outputs = await scoring.score(inputs, model=model or None, truncate=truncate, timeout=timeout)
-    return info.name, to_outputs(outputs, info, requested)
+    _, outputs = await routing.score(
+        runtime, source.name, inputs, routing.options(truncate=truncate, timeout=timeout)
+    )
+    return source.name, to_outputs(outputs, source, requested)

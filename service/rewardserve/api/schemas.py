@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rewardserve.generation.types import GeneratorInfo
-from rewardserve.scoring.types import Message, ModelInfo, ScoreInput, ScoreOutput
+from rewardserve.scoring.types import Message, RewardResult, ScoreInput
 
 
 class MessageIn(BaseModel):
@@ -17,16 +17,26 @@ class MessageIn(BaseModel):
 
 
 class InputIn(BaseModel):
-    """One input: {prompt, response} | {messages} | {text}."""
+    """One input: {prompt, response} | {messages} | {text}; for a process reward model also
+    {prompt, steps} or {messages, steps} (the steps are the assistant turn after the messages)."""
 
     model_config = ConfigDict(extra="forbid")
     prompt: str | None = None
     response: str | None = None
     messages: list[MessageIn] | None = None
     text: str | None = None
+    steps: list[str] | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> InputIn:
+        if self.steps is not None:
+            if self.response is not None or self.text is not None:
+                raise ValueError('"steps" are the response: give them with "prompt" or "messages" only')
+            if (self.prompt is None) == (self.messages is None):
+                raise ValueError('give "steps" with exactly one of "prompt" or "messages"')
+            if self.messages is not None and not self.messages:
+                raise ValueError('"messages" must not be empty')
+            return self
         kinds = [
             self.prompt is not None or self.response is not None,
             self.messages is not None,
@@ -41,19 +51,33 @@ class InputIn(BaseModel):
         return self
 
     def to_input(self) -> ScoreInput:
+        steps = tuple(self.steps) if self.steps is not None else None
         if self.messages is not None:
-            return ScoreInput(messages=tuple(Message(m.role, m.content) for m in self.messages))
-        return ScoreInput(prompt=self.prompt, response=self.response, text=self.text)
+            return ScoreInput(messages=tuple(Message(m.role, m.content) for m in self.messages), steps=steps)
+        return ScoreInput(prompt=self.prompt, response=self.response, text=self.text, steps=steps)
+
+
+# What "model" may hold: a served name, or ad hoc composite weights {"helpful": 1.0, "safety": 0.5}.
+ModelRef = str | dict[str, float] | None
+ReduceIn = Literal["mean", "min", "conservative"]
+StepReduceIn = Literal["min", "last", "mean", "prod"]
 
 
 class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    model: str | None = None
+    model: ModelRef = None
     inputs: list[InputIn]
     truncate: bool = False
+    reduce: ReduceIn | None = None  # ensembles: what `scores` holds (default: the ensemble's)
+    step_reduce: StepReduceIn | None = None  # process reward models: steps -> score (default: min)
 
 
 class Detail(BaseModel):
+    """``details[i]``: tokens and truncated always (objectives null for a scalar head); every other
+    field ``RewardResult.details()`` sets (members, mean, std, min, conservative, components, raw,
+    step_scores, status, mask, ...) passes through as it is, whatever the source's kind."""
+
+    model_config = ConfigDict(extra="allow")
     tokens: int
     truncated: bool
     objectives: dict[str, float] | None = None
@@ -65,25 +89,17 @@ class Usage(BaseModel):
 
 class ScoreResponse(BaseModel):
     model: str
-    scores: list[float]
+    scores: list[float | None]  # None where the input is masked (details[i].status says why)
     details: list[Detail]
     usage: Usage
 
     @classmethod
-    def build(cls, model: str, outputs: list[ScoreOutput], objectives: tuple[str, ...]) -> ScoreResponse:
-        details = [
-            Detail(
-                tokens=o.tokens,
-                truncated=o.truncated,
-                objectives=dict(zip(objectives, o.values, strict=True)) if objectives else None,
-            )
-            for o in outputs
-        ]
+    def build(cls, model: str, results: list[RewardResult]) -> ScoreResponse:
         return cls(
             model=model,
-            scores=[o.score for o in outputs],
-            details=details,
-            usage=Usage(prompt_tokens=sum(o.tokens for o in outputs)),
+            scores=[r.score for r in results],
+            details=[Detail(**r.details()) for r in results],
+            usage=Usage(prompt_tokens=sum(r.tokens for r in results)),
         )
 
 
@@ -91,34 +107,31 @@ class GetRewardRequest(BaseModel):
     """OpenRLHF's remote reward body. ``query`` is the full rendered prompt+response text."""
 
     model_config = ConfigDict(extra="allow")
+    model: str | None = None  # a served name; /get_reward/{name} says the same for clients without it
     query: list[str] = Field(default_factory=list)
     prompts: list[str] | None = None
     labels: list[Any] | None = None
 
 
 class GetRewardResponse(BaseModel):
-    rewards: list[float]
-    scores: list[float]
+    rewards: list[float | None]
+    scores: list[float | None]
     extra_logs: dict[str, list[float]]
 
 
 class ModelCard(BaseModel):
+    """A registry entry (``RewardSource.card()``): id and kind always; a model adds architecture,
+    dtype, device, head, objectives, memory_bytes, normalize...; an ensemble its members; a composite
+    its weights. Passed through as the source describes itself."""
+
+    model_config = ConfigDict(extra="allow")
     id: str
     object: str = "model"
-    architecture: str
-    model_type: str
-    max_input_tokens: int
-    dtype: str
-    device: str
-    head: str
-    objectives: list[str]
-    batch_strategy: str
-    chat_template: bool
-    kernels: str
+    kind: str
 
     @classmethod
-    def of(cls, info: ModelInfo) -> ModelCard:
-        return cls(**info.card())
+    def of(cls, card: dict[str, Any]) -> ModelCard:
+        return cls(**card)
 
 
 class GeneratorCard(BaseModel):
@@ -171,17 +184,19 @@ class PairIn(BaseModel):
 
 class CompareRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    model: str | None = None
+    model: ModelRef = None
     pairs: list[PairIn]
     truncate: bool = False
+    reduce: ReduceIn | None = None
+    step_reduce: StepReduceIn | None = None
 
 
 class CompareResponse(BaseModel):
     """``probabilities[i]`` = P(a preferred over b) = sigmoid(``margins[i]``), ``margins[i]`` = r_a - r_b."""
 
     model: str
-    probabilities: list[float]
-    margins: list[float]
+    probabilities: list[float | None]  # None where either side is masked
+    margins: list[float | None]
 
 
 def validation_message(exc: ValidationError) -> str:

@@ -13,9 +13,10 @@ from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
-from rewardserve.app import ModelLoader, RewardServer, load_engine, load_scoring
+from rewardserve.app import ModelLoader, RewardServer, load_engine, load_registry
 from rewardserve.config import Settings
 from rewardserve.metrics import Metrics
+from rewardserve.registry import Registry
 from rewardserve.scoring.service import ScoringService
 
 T = TypeVar("T")
@@ -63,6 +64,10 @@ class ServerThread:
     def scoring(self) -> ScoringService:
         return self.server.runtime.require_scoring()
 
+    @property
+    def registry(self) -> Registry:
+        return self.server.runtime.require_registry()
+
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the server's loop and wait for its result (from any other thread)."""
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
@@ -73,8 +78,10 @@ class ServerThread:
 
         async def boot() -> RewardServer:
             metrics = Metrics()
-            scoring = await load_scoring(self.settings, metrics, self.load_model) if self.preload else None
-            server = RewardServer(self.settings, metrics=metrics, scoring=scoring, load_model=self.load_model)
+            registry = await load_registry(self.settings, metrics, self.load_model) if self.preload else None
+            server = RewardServer(
+                self.settings, metrics=metrics, registry=registry, load_model=self.load_model
+            )
             await server.start()
             return server
 

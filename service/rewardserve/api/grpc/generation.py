@@ -145,7 +145,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
     async def Rollout(self, request: pb.RolloutRequest, context: Context) -> pb.RolloutResponse:
         from rewardserve.generation.rollout import rollout
 
-        gen, scoring = self.runtime.require_generation(), self.runtime.require_scoring()
+        gen = self.runtime.require_generation()
+        scoring = self.runtime.require_scoring(request.model or None)
         fields = _body(request, request.sampling)
         fields |= {"truncate": request.truncate, "advantages": request.advantages}
         if request.HasField("eps"):

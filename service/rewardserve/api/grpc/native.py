@@ -7,18 +7,21 @@ for the same reason with the same message whichever transport brought it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from typing import Any, TypeAlias
+import json
+import math
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, TypeAlias, cast
 
 import grpc.aio
 from pydantic import ValidationError
 
 from rewardserve._proto.rewardserve.v1 import reward_pb2, reward_pb2_grpc
+from rewardserve.api import routing
 from rewardserve.api.grpc.status import error_info, time_left
 from rewardserve.api.schemas import InputIn, validation_message
 from rewardserve.errors import InputError, NotReady
 from rewardserve.runtime import Runtime
-from rewardserve.scoring.types import ModelInfo, ScoreInput, ScoreOutput
+from rewardserve.scoring.types import Reduce, RewardResult, ScoreInput, ScoreOptions, StepReduce
 
 # grpc ships no type hints: this documents what the handlers get.
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -37,6 +40,7 @@ def to_input(msg: reward_pb2.Input, index: int) -> ScoreInput:
         "response": msg.response if msg.HasField("response") else None,
         "messages": [{"role": m.role, "content": m.content} for m in msg.messages] or None,
         "text": msg.text if msg.HasField("text") else None,
+        "steps": list(msg.steps) or None,
     }
     try:
         return InputIn.model_validate(body).to_input()
@@ -48,67 +52,125 @@ def to_inputs(msgs: Sequence[reward_pb2.Input]) -> list[ScoreInput]:
     return [to_input(m, i) for i, m in enumerate(msgs)]
 
 
-def score_response(
-    model: str, outputs: list[ScoreOutput], objectives: tuple[str, ...]
-) -> reward_pb2.ScoreResponse:
-    """Same content as the HTTP ScoreResponse (schemas.ScoreResponse.build)."""
-    response = reward_pb2.ScoreResponse(
-        model=model,
-        scores=[o.score for o in outputs],
-        usage=reward_pb2.Usage(prompt_tokens=sum(o.tokens for o in outputs)),
+_REDUCE = ("mean", "min", "conservative")
+_STEP_REDUCE = ("min", "last", "mean", "prod")
+
+
+def model_ref(model: str, weights: Mapping[str, float]) -> routing.ModelRef:
+    """The request's ``model`` name or its ad hoc ``weights`` (not both); neither: the default."""
+    if weights:
+        if model:
+            raise InputError("give either model (a name) or weights (an ad hoc composite), not both")
+        return dict(weights)
+    return model or None
+
+
+def score_options(request: Any, context: Context, *, truncate: bool) -> ScoreOptions:
+    """truncate, reduce, step_reduce and the client's deadline, checked as HTTP checks them."""
+    reduce, step_reduce = request.reduce or None, request.step_reduce or None
+    if reduce is not None and reduce not in _REDUCE:
+        raise InputError(f"reduce must be one of {list(_REDUCE)}, got {reduce!r}")
+    if step_reduce is not None and step_reduce not in _STEP_REDUCE:
+        raise InputError(f"step_reduce must be one of {list(_STEP_REDUCE)}, got {step_reduce!r}")
+    return routing.options(
+        truncate=truncate,
+        reduce=cast(Reduce | None, reduce),
+        step_reduce=cast(StepReduce | None, step_reduce),
+        timeout=time_left(context),
     )
-    for o in outputs:
-        detail = response.details.add(tokens=o.tokens, truncated=o.truncated)
-        if objectives:
-            detail.objectives.update(zip(objectives, o.values, strict=True))
-    return response
 
 
-def model_card(info: ModelInfo) -> reward_pb2.ModelCard:
-    return reward_pb2.ModelCard(**info.card())
+def _present(values: Mapping[str, float | None]) -> dict[str, float]:
+    """A map of rewards without the masked ones (proto maps hold no null)."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def detail(r: RewardResult) -> reward_pb2.Detail:
+    """``details[i]`` as HTTP renders it (RewardResult.details()), field for field."""
+    d = r.details()
+    msg = reward_pb2.Detail(tokens=r.tokens, truncated=r.truncated, status=r.status, mask=r.mask)
+    if r.objectives:
+        msg.objectives.update(r.objectives)
+    for key in ("raw", "mean", "std", "min", "conservative"):
+        if d.get(key) is not None:
+            setattr(msg, key, d[key])
+    if r.members is not None:
+        msg.members.update(_present(r.members))
+    if r.components is not None:
+        msg.components.update(_present(r.components))
+    if r.step_scores is not None:
+        msg.step_scores.extend(r.step_scores)
+    if r.error is not None:
+        msg.error = r.error
+    return msg
+
+
+def score_response(model: str, results: list[RewardResult]) -> reward_pb2.ScoreResponse:
+    """Same content as the HTTP ScoreResponse (schemas.ScoreResponse.build); a masked score is NaN."""
+    return reward_pb2.ScoreResponse(
+        model=model,
+        scores=[math.nan if r.score is None else r.score for r in results],
+        details=[detail(r) for r in results],
+        usage=reward_pb2.Usage(prompt_tokens=sum(r.tokens for r in results)),
+    )
+
+
+_CARD_FIELDS = frozenset(reward_pb2.ModelCard.DESCRIPTOR.fields_by_name) - {"card_json", "members", "weights"}
+
+
+def model_card(card: Mapping[str, Any]) -> reward_pb2.ModelCard:
+    """A registry entry's card: the fields the message has, plus the whole card as JSON."""
+    msg = reward_pb2.ModelCard(**{k: v for k, v in card.items() if k in _CARD_FIELDS and v is not None})
+    members = card.get("members")
+    if isinstance(members, list):
+        msg.members.extend(str(m) for m in members)
+    weights = card.get("weights")
+    if isinstance(weights, Mapping):
+        msg.weights.update({str(k): float(v) for k, v in weights.items()})
+    msg.card_json = json.dumps(card, sort_keys=True, default=str)
+    return msg
 
 
 class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
-    """Thin handlers over ``runtime.scoring``; exceptions are mapped by status.ErrorInterceptor."""
+    """Thin handlers over the runtime's registry (api/routing.py); exceptions are mapped by
+    status.ErrorInterceptor."""
 
     def __init__(self, runtime: Runtime, draining: asyncio.Event) -> None:
         self.runtime = runtime
         self.draining = draining
 
     async def _score(
-        self, model: str, inputs: Sequence[reward_pb2.Input], truncate: bool, context: Context
+        self, request: reward_pb2.ScoreRequest | reward_pb2.ScoreStreamRequest, context: Context
     ) -> reward_pb2.ScoreResponse:
-        scoring = self.runtime.require_scoring()
-        outputs = await scoring.score(
-            to_inputs(inputs), model=model or None, truncate=truncate, timeout=time_left(context)
-        )
-        return score_response(scoring.name, outputs, scoring.objectives)
+        model = model_ref(request.model, request.weights)
+        opts = score_options(request, context, truncate=request.truncate)
+        source, results = await routing.score(self.runtime, model, to_inputs(request.inputs), opts)
+        return score_response(source.name, results)
 
     async def Score(self, request: reward_pb2.ScoreRequest, context: Context) -> reward_pb2.ScoreResponse:
-        return await self._score(request.model, request.inputs, request.truncate, context)
+        return await self._score(request, context)
 
     async def Compare(
         self, request: reward_pb2.CompareRequest, context: Context
     ) -> reward_pb2.CompareResponse:
-        scoring = self.runtime.require_scoring()
+        model = model_ref(request.model, request.weights)
+        opts = score_options(request, context, truncate=request.truncate)
         pairs = [
             (ScoreInput(prompt=p.prompt, response=p.a), ScoreInput(prompt=p.prompt, response=p.b))
             for p in request.pairs
         ]
-        results = await scoring.compare(
-            pairs, model=request.model or None, truncate=request.truncate, timeout=time_left(context)
-        )
+        source, results = await routing.compare(self.runtime, model, pairs, opts)
         return reward_pb2.CompareResponse(
-            model=scoring.name,
-            probabilities=[r.probability for r in results],
-            margins=[r.margin for r in results],
+            model=source.name,
+            probabilities=[math.nan if r.probability is None else r.probability for r in results],
+            margins=[math.nan if r.margin is None else r.margin for r in results],
         )
 
     async def ListModels(
         self, request: reward_pb2.ListModelsRequest, context: Context
     ) -> reward_pb2.ListModelsResponse:
-        scoring = self.runtime.require_scoring()
-        return reward_pb2.ListModelsResponse(models=[model_card(m) for m in scoring.models()])
+        registry = self.runtime.require_registry()
+        return reward_pb2.ListModelsResponse(models=[model_card(c) for c in registry.cards()])
 
     async def ScoreStream(
         self, requests: AsyncIterator[reward_pb2.ScoreStreamRequest], context: Context
@@ -123,7 +185,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
 
         async def answer(msg: reward_pb2.ScoreStreamRequest) -> None:
             try:
-                result = await self._score(msg.model, msg.inputs, msg.truncate, context)
+                result = await self._score(msg, context)
                 answers.put_nowait(reward_pb2.ScoreStreamResponse(id=msg.id, response=result))
             except Exception as exc:  # one bad message answers with an error; the stream goes on
                 code, info = error_info(exc)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from rewardserve.api import routing
 from rewardserve.api.http.deps import RuntimeDep
 from rewardserve.api.http.errors import install_error_handlers
 from rewardserve.api.http.generation import router as generation_router
@@ -53,8 +54,9 @@ async def ready(runtime: RuntimeDep) -> JSONResponse:
 
 @router.get("/v1/models")
 async def models(runtime: RuntimeDep) -> ModelList:
-    scoring = runtime.require_scoring()
-    cards: list[ModelCard | GeneratorCard] = [ModelCard.of(m) for m in scoring.models()]
+    # Every registry entry (models, PRMs, ensembles, composites) with its kind, then the policy.
+    registry = runtime.require_registry()
+    cards: list[ModelCard | GeneratorCard] = [ModelCard.of(c) for c in registry.cards()]
     if runtime.generation is not None:
         cards.append(GeneratorCard.of(runtime.generation.info()))
     return ModelList(data=cards)
@@ -62,20 +64,20 @@ async def models(runtime: RuntimeDep) -> ModelList:
 
 @router.post("/v1/score")
 async def score(body: ScoreRequest, runtime: RuntimeDep) -> ScoreResponse:
-    scoring = runtime.require_scoring()
     inputs = [i.to_input() for i in body.inputs]
-    outputs = await scoring.score(inputs, model=body.model, truncate=body.truncate)
-    return ScoreResponse.build(scoring.name, outputs, scoring.objectives)
+    opts = routing.options(truncate=body.truncate, reduce=body.reduce, step_reduce=body.step_reduce)
+    source, results = await routing.score(runtime, body.model, inputs, opts)
+    return ScoreResponse.build(source.name, results)
 
 
 @router.post("/v1/compare")
 async def compare(body: CompareRequest, runtime: RuntimeDep) -> CompareResponse:
     # Bradley-Terry: P(a > b) = sigmoid(r_a - r_b); both sides scored in one call (same batches).
-    scoring = runtime.require_scoring()
     pairs = [p.to_inputs() for p in body.pairs]
-    results = await scoring.compare(pairs, model=body.model, truncate=body.truncate)
+    opts = routing.options(truncate=body.truncate, reduce=body.reduce, step_reduce=body.step_reduce)
+    source, results = await routing.compare(runtime, body.model, pairs, opts)
     return CompareResponse(
-        model=scoring.name,
+        model=source.name,
         probabilities=[r.probability for r in results],
         margins=[r.margin for r in results],
     )
@@ -84,14 +86,26 @@ async def compare(body: CompareRequest, runtime: RuntimeDep) -> CompareResponse:
 @router.post("/get_reward")
 async def get_reward(body: GetRewardRequest, runtime: RuntimeDep) -> GetRewardResponse:
     # OpenRLHF's remote reward protocol: query is the full rendered text, scored as given.
-    scoring = runtime.require_scoring()
+    return await _get_reward(body, body.model, runtime)
+
+
+@router.post("/get_reward/{name}")
+async def get_reward_named(name: str, body: GetRewardRequest, runtime: RuntimeDep) -> GetRewardResponse:
+    # The same, for clients that cannot add a field to the body (OpenRLHF's remote_rm_url).
+    if body.model is not None and body.model != name:
+        raise InputError(f'the path names model {name!r} but the body says "model": {body.model!r}')
+    return await _get_reward(body, name, runtime)
+
+
+async def _get_reward(body: GetRewardRequest, model: str | None, runtime: Runtime) -> GetRewardResponse:
     if body.prompts is not None and body.prompts and len(body.prompts) != len(body.query):
         raise InputError(f"prompts has {len(body.prompts)} items but query has {len(body.query)}")
     # Truncated rather than refused when too long, as OpenRLHF's own serve_rm does: a 422 in the
     # middle of a training run would stop the run for one long sample.
-    outputs = await scoring.score([ScoreInput(text=q) for q in body.query], truncate=True)
-    rewards = [o.score for o in outputs]
-    logs = {"reward_tokens": [float(o.tokens) for o in outputs]}
+    inputs = [ScoreInput(text=q) for q in body.query]
+    _, results = await routing.score(runtime, model, inputs, routing.options(truncate=True))
+    rewards = [r.score for r in results]
+    logs = {"reward_tokens": [float(r.tokens) for r in results]}
     return GetRewardResponse(rewards=rewards, scores=rewards, extra_logs=logs)
 
 

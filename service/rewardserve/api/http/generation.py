@@ -149,7 +149,7 @@ async def rollout(body: RolloutRequest, request: Request, runtime: RuntimeDep) -
     """Generate, score each sample with the reward model, group statistics (and GRPO advantages)."""
     from rewardserve.generation.rollout import rollout as run_rollout
 
-    gen, scoring = runtime.require_generation(), runtime.require_scoring()
+    gen, scoring = runtime.require_generation(), runtime.require_scoring(body.model)
     work = run_rollout(
         gen,
         scoring,

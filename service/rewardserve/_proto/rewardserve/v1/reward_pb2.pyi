@@ -15,30 +15,59 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class Input(_message.Message):
-    __slots__ = ("prompt", "response", "messages", "text")
+    __slots__ = ("prompt", "response", "messages", "text", "steps")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     response: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
     text: str
-    def __init__(self, prompt: _Optional[str] = ..., response: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., text: _Optional[str] = ...) -> None: ...
+    steps: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, prompt: _Optional[str] = ..., response: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., text: _Optional[str] = ..., steps: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("model", "inputs", "truncate")
+    __slots__ = ("model", "inputs", "truncate", "weights", "reduce", "step_reduce")
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    REDUCE_FIELD_NUMBER: _ClassVar[int]
+    STEP_REDUCE_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: _containers.RepeatedCompositeFieldContainer[Input]
     truncate: bool
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., truncate: _Optional[bool] = ...) -> None: ...
+    weights: _containers.ScalarMap[str, float]
+    reduce: str
+    step_reduce: str
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., truncate: _Optional[bool] = ..., weights: _Optional[_Mapping[str, float]] = ..., reduce: _Optional[str] = ..., step_reduce: _Optional[str] = ...) -> None: ...
 
 class Detail(_message.Message):
-    __slots__ = ("tokens", "truncated", "objectives")
+    __slots__ = ("tokens", "truncated", "objectives", "raw", "members", "mean", "std", "min", "conservative", "components", "step_scores", "status", "mask", "error")
     class ObjectivesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class MembersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class ComponentsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -48,10 +77,32 @@ class Detail(_message.Message):
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     OBJECTIVES_FIELD_NUMBER: _ClassVar[int]
+    RAW_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    STD_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    CONSERVATIVE_FIELD_NUMBER: _ClassVar[int]
+    COMPONENTS_FIELD_NUMBER: _ClassVar[int]
+    STEP_SCORES_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     tokens: int
     truncated: bool
     objectives: _containers.ScalarMap[str, float]
-    def __init__(self, tokens: _Optional[int] = ..., truncated: _Optional[bool] = ..., objectives: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    raw: float
+    members: _containers.ScalarMap[str, float]
+    mean: float
+    std: float
+    min: float
+    conservative: float
+    components: _containers.ScalarMap[str, float]
+    step_scores: _containers.RepeatedScalarFieldContainer[float]
+    status: str
+    mask: bool
+    error: str
+    def __init__(self, tokens: _Optional[int] = ..., truncated: _Optional[bool] = ..., objectives: _Optional[_Mapping[str, float]] = ..., raw: _Optional[float] = ..., members: _Optional[_Mapping[str, float]] = ..., mean: _Optional[float] = ..., std: _Optional[float] = ..., min: _Optional[float] = ..., conservative: _Optional[float] = ..., components: _Optional[_Mapping[str, float]] = ..., step_scores: _Optional[_Iterable[float]] = ..., status: _Optional[str] = ..., mask: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens",)
@@ -72,16 +123,29 @@ class ScoreResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., scores: _Optional[_Iterable[float]] = ..., details: _Optional[_Iterable[_Union[Detail, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
 
 class ScoreStreamRequest(_message.Message):
-    __slots__ = ("id", "model", "inputs", "truncate")
+    __slots__ = ("id", "model", "inputs", "truncate", "weights", "reduce", "step_reduce")
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    REDUCE_FIELD_NUMBER: _ClassVar[int]
+    STEP_REDUCE_FIELD_NUMBER: _ClassVar[int]
     id: str
     model: str
     inputs: _containers.RepeatedCompositeFieldContainer[Input]
     truncate: bool
-    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., truncate: _Optional[bool] = ...) -> None: ...
+    weights: _containers.ScalarMap[str, float]
+    reduce: str
+    step_reduce: str
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., truncate: _Optional[bool] = ..., weights: _Optional[_Mapping[str, float]] = ..., reduce: _Optional[str] = ..., step_reduce: _Optional[str] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message")
@@ -112,14 +176,27 @@ class Pair(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., a: _Optional[str] = ..., b: _Optional[str] = ...) -> None: ...
 
 class CompareRequest(_message.Message):
-    __slots__ = ("model", "pairs", "truncate")
+    __slots__ = ("model", "pairs", "truncate", "weights", "reduce", "step_reduce")
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PAIRS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    REDUCE_FIELD_NUMBER: _ClassVar[int]
+    STEP_REDUCE_FIELD_NUMBER: _ClassVar[int]
     model: str
     pairs: _containers.RepeatedCompositeFieldContainer[Pair]
     truncate: bool
-    def __init__(self, model: _Optional[str] = ..., pairs: _Optional[_Iterable[_Union[Pair, _Mapping]]] = ..., truncate: _Optional[bool] = ...) -> None: ...
+    weights: _containers.ScalarMap[str, float]
+    reduce: str
+    step_reduce: str
+    def __init__(self, model: _Optional[str] = ..., pairs: _Optional[_Iterable[_Union[Pair, _Mapping]]] = ..., truncate: _Optional[bool] = ..., weights: _Optional[_Mapping[str, float]] = ..., reduce: _Optional[str] = ..., step_reduce: _Optional[str] = ...) -> None: ...
 
 class CompareResponse(_message.Message):
     __slots__ = ("model", "probabilities", "margins")
@@ -136,7 +213,14 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelCard(_message.Message):
-    __slots__ = ("id", "architecture", "model_type", "max_input_tokens", "dtype", "device", "head", "objectives", "batch_strategy", "chat_template", "kernels")
+    __slots__ = ("id", "architecture", "model_type", "max_input_tokens", "dtype", "device", "head", "objectives", "batch_strategy", "chat_template", "kernels", "kind", "memory_bytes", "members", "weights", "card_json")
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     MODEL_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +232,11 @@ class ModelCard(_message.Message):
     BATCH_STRATEGY_FIELD_NUMBER: _ClassVar[int]
     CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     KERNELS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    CARD_JSON_FIELD_NUMBER: _ClassVar[int]
     id: str
     architecture: str
     model_type: str
@@ -159,7 +248,12 @@ class ModelCard(_message.Message):
     batch_strategy: str
     chat_template: bool
     kernels: str
-    def __init__(self, id: _Optional[str] = ..., architecture: _Optional[str] = ..., model_type: _Optional[str] = ..., max_input_tokens: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., head: _Optional[str] = ..., objectives: _Optional[_Iterable[str]] = ..., batch_strategy: _Optional[str] = ..., chat_template: _Optional[bool] = ..., kernels: _Optional[str] = ...) -> None: ...
+    kind: str
+    memory_bytes: int
+    members: _containers.RepeatedScalarFieldContainer[str]
+    weights: _containers.ScalarMap[str, float]
+    card_json: str
+    def __init__(self, id: _Optional[str] = ..., architecture: _Optional[str] = ..., model_type: _Optional[str] = ..., max_input_tokens: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., head: _Optional[str] = ..., objectives: _Optional[_Iterable[str]] = ..., batch_strategy: _Optional[str] = ..., chat_template: _Optional[bool] = ..., kernels: _Optional[str] = ..., kind: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., members: _Optional[_Iterable[str]] = ..., weights: _Optional[_Mapping[str, float]] = ..., card_json: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
