@@ -25,6 +25,15 @@ from rewardserve.naming import setting_name
 
 # Flags that existed before the options were generated and that scripts use: kept as aliases.
 ALIASES: dict[str, tuple[str, ...]] = {"model_name": ("--name",)}
+# `--model` is repeatable on the command line: a bare PATH sets Settings.model (today's meaning),
+# NAME=PATH items go to Settings.models; so `models` has no flag of its own (see split_models).
+REPEATED = {"model": list[str]}
+NO_FLAG = frozenset({"models"})
+MODEL_HELP = (
+    "Reward model directory; repeat as --model NAME=PATH to serve several (each with its own batcher "
+    "and token budget; the first is the default). A bare PATH is served under --name. Unset (and no "
+    "--config): the built-in demo model."
+)
 GENERATOR_PANEL = "Policy generation (vLLM)"
 
 
@@ -51,7 +60,7 @@ def _option_type(annotation: Any) -> tuple[Any, str | None]:
 
 def _help(field: str) -> str:
     info = Settings.model_fields[field]
-    text = " ".join((info.description or "").split())
+    text = MODEL_HELP if field == "model" else " ".join((info.description or "").split())
     if info.default_factory is None and info.default is not None:
         text += f" [default: {info.default}]"
     env = f"env: {setting_name(field).split('(')[1].rstrip(')')}"
@@ -63,7 +72,11 @@ def settings_parameters(fields: Iterable[str], panel: str | None = None) -> list
     """One keyword parameter per Settings field, annotated for typer, defaulting to None."""
     params = []
     for field in fields:
-        kind, metavar = _option_type(Settings.model_fields[field].annotation)
+        if field in NO_FLAG:
+            continue
+        kind, metavar = (REPEATED[field], "[NAME=]PATH") if field in REPEATED else _option_type(
+            Settings.model_fields[field].annotation
+        )
         names = (flag(field), *ALIASES.get(field, ()))
         if kind is bool:  # --x / --no-x: either can override an environment that says otherwise
             names = (f"{flag(field)}/--no-{field.replace('_', '-')}",)
@@ -87,6 +100,7 @@ def with_settings_options(
 ) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Decorate a command ``fn(given: dict[str, Any], **own_options)``: the command also takes one
     option per Settings field in ``fields``; those that were given reach ``fn`` in ``given``."""
+    fields = [f for f in fields if f not in NO_FLAG]
     generated = settings_parameters(fields, panel)
     names = {p.name for p in generated}
 
@@ -113,9 +127,32 @@ def with_settings_options(
     return decorate
 
 
+def split_models(given: dict[str, Any]) -> dict[str, Any]:
+    """Repeated ``--model`` values -> Settings fields: one bare PATH stays ``model`` (what
+    REWARDSERVE_MODEL sets too); otherwise every value goes to ``models`` in the order given (the
+    first is the default), a bare PATH among them named by --name."""
+    values = given.get("model")
+    if not isinstance(values, list):
+        return given
+    out = dict(given)
+    del out["model"]
+    if len(values) == 1 and not _is_named(values[0]):
+        out["model"] = values[0]
+    else:
+        out["models"] = list(values)
+    return out
+
+
+def _is_named(value: str) -> bool:
+    from rewardserve.sources.spec import parse_model_flag
+
+    return parse_model_flag(value, "\0")[0] != "\0"
+
+
 def build_settings(given: dict[str, Any]) -> Settings:
     """Settings from the environment, overridden by the options that were given; invalid values end
     the command with exit code 2 and a message naming each setting as the user sets it."""
+    given = split_models(given)
     try:
         return Settings(**given)
     except ValidationError as exc:

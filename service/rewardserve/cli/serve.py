@@ -16,7 +16,10 @@ def serve(
     given: dict[str, Any],
     log_level: Annotated[str, typer.Option(help="debug | info | warning")] = "info",
 ) -> None:
-    """Serve a reward model over HTTP and gRPC (and a vLLM policy with --generator)."""
+    """Serve reward models over HTTP and gRPC (and a vLLM policy with --generator).
+
+    One model: --model PATH. Several: --model NAME=PATH (repeatable) or --config FILE (YAML: models,
+    ensembles, composites; see the README's "Several reward models")."""
     setup_logging(log_level)
     settings = build_settings(given)
     for field in ("model", "generator"):
@@ -24,6 +27,14 @@ def serve(
         if path is not None and not path.is_dir():
             typer.echo(f"error: {flag(field)} {path} is not a directory", err=True)
             raise typer.Exit(2)
+    from rewardserve.errors import ConfigError
+    from rewardserve.sources.spec import from_settings
+
+    try:  # names, kinds, members, cycles, files: checked before anything loads or listens
+        from_settings(settings)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     from rewardserve.app import serve as run_server
 
     raise typer.Exit(asyncio.run(run_server(settings)))
