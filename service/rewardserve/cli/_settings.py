@@ -74,8 +74,10 @@ def settings_parameters(fields: Iterable[str], panel: str | None = None) -> list
     for field in fields:
         if field in NO_FLAG:
             continue
-        kind, metavar = (REPEATED[field], "[NAME=]PATH") if field in REPEATED else _option_type(
-            Settings.model_fields[field].annotation
+        kind, metavar = (
+            (REPEATED[field], "[NAME=]PATH")
+            if field in REPEATED
+            else _option_type(Settings.model_fields[field].annotation)
         )
         names = (flag(field), *ALIASES.get(field, ()))
         if kind is bool:  # --x / --no-x: either can override an environment that says otherwise

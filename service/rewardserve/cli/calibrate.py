@@ -39,9 +39,7 @@ def calibrate(
             "{messages}, {text} (or {query}), or {prompt, steps} for a process reward model."
         ),
     ],
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="Where to write {mean, std, ...} (JSON).")
-    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write {mean, std, ...} (JSON).")],
     kind: Annotated[
         str | None, typer.Option(help="model | prm (default: prm for token-classification models).")
     ] = None,

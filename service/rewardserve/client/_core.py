@@ -13,7 +13,15 @@ from typing import Any, TypeVar, cast
 
 from rewardserve.client import errors
 from rewardserve.client.balance import RetryEvent, RetryPolicy
-from rewardserve.client.types import Input, Message, Pair, input_to_wire, message_to_wire, pair_to_wire
+from rewardserve.client.types import (
+    Input,
+    Message,
+    ModelRef,
+    Pair,
+    input_to_wire,
+    message_to_wire,
+    pair_to_wire,
+)
 
 JSON = dict[str, Any]
 E = TypeVar("E", bound=errors.RewardServeError)
@@ -67,8 +75,35 @@ def chunks(n: int, size: int) -> list[tuple[int, int]]:
     return [(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+def model_label(model: ModelRef) -> str:
+    """The ``model`` an empty answer reports: the name asked for, "adhoc" for weights."""
+    if isinstance(model, Mapping):
+        return "adhoc"
+    return model or ""
+
+
+def model_fields(model: ModelRef, reduce: str | None, step_reduce: str | None) -> JSON:
+    """The request fields that choose the reward source and its options (only those given)."""
+    body: JSON = {}
+    if isinstance(model, Mapping):
+        body["model"] = {str(k): float(v) for k, v in model.items()}
+    elif model:
+        body["model"] = model
+    if reduce is not None:
+        body["reduce"] = reduce
+    if step_reduce is not None:
+        body["step_reduce"] = step_reduce
+    return body
+
+
 def score_bodies(
-    inputs: Sequence[Input], *, model: str | None, truncate: bool, chunk_size: int
+    inputs: Sequence[Input],
+    *,
+    model: ModelRef,
+    truncate: bool,
+    chunk_size: int,
+    reduce: str | None = None,
+    step_reduce: str | None = None,
 ) -> list[tuple[tuple[int, int], JSON]]:
     if isinstance(inputs, str | Mapping) or (isinstance(inputs, tuple) and _is_one_pair(inputs)):
         raise TypeError("score() takes a list of inputs; wrap a single input in a list")
@@ -76,8 +111,7 @@ def score_bodies(
     out = []
     for start, end in chunks(len(wire), chunk_size):
         body: JSON = {"inputs": wire[start:end], "truncate": truncate}
-        if model:
-            body["model"] = model
+        body |= model_fields(model, reduce, step_reduce)
         out.append(((start, end), body))
     return out
 
@@ -87,15 +121,20 @@ def _is_one_pair(x: Sequence[Any]) -> bool:
 
 
 def compare_bodies(
-    pairs: Sequence[Pair], *, model: str | None, truncate: bool, chunk_size: int
+    pairs: Sequence[Pair],
+    *,
+    model: ModelRef,
+    truncate: bool,
+    chunk_size: int,
+    reduce: str | None = None,
+    step_reduce: str | None = None,
 ) -> list[tuple[tuple[int, int], JSON]]:
     wire = [pair_to_wire(p, i) for i, p in enumerate(pairs)]
     out = []
     # A pair is two inputs on the server, so a chunk holds half as many pairs.
     for start, end in chunks(len(wire), max(1, chunk_size // 2)):
         body: JSON = {"pairs": wire[start:end], "truncate": truncate}
-        if model:
-            body["model"] = model
+        body |= model_fields(model, reduce, step_reduce)
         out.append(((start, end), body))
     return out
 

@@ -9,6 +9,7 @@ HTTP/2 connection and reconnects by itself, which is gRPC's connection pooling.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -69,35 +70,67 @@ def _input(body: Mapping[str, Any]) -> reward_pb2.Input:
         reward_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in body.get("messages") or ()
     ]
     return reward_pb2.Input(
-        prompt=body.get("prompt"), response=body.get("response"), messages=messages, text=body.get("text")
+        prompt=body.get("prompt"),
+        response=body.get("response"),
+        messages=messages,
+        text=body.get("text"),
+        steps=body.get("steps") or (),
     )
+
+
+def _source_fields(body: JSON) -> dict[str, Any]:
+    """``model`` (a name, or ad hoc weights -> ``weights``), ``reduce``, ``step_reduce``."""
+    model = body.get("model")
+    out: dict[str, Any] = {"reduce": body.get("reduce") or "", "step_reduce": body.get("step_reduce") or ""}
+    if isinstance(model, Mapping):
+        out["weights"] = dict(model)
+    else:
+        out["model"] = model or ""
+    return out
 
 
 def _score_request(body: JSON) -> reward_pb2.ScoreRequest:
     return reward_pb2.ScoreRequest(
-        model=body.get("model") or "",
         inputs=[_input(x) for x in body["inputs"]],
         truncate=bool(body.get("truncate", False)),
+        **_source_fields(body),
     )
 
 
+def _detail_json(d: reward_pb2.Detail) -> JSON:
+    """A proto Detail as the HTTP ``details[i]``: only the fields the server set."""
+    out: JSON = {"tokens": d.tokens, "truncated": d.truncated, "objectives": dict(d.objectives) or None}
+    for key in ("raw", "mean", "std", "min", "conservative"):
+        if d.HasField(key):
+            out[key] = getattr(d, key)
+    if d.members or d.HasField("mean"):
+        out["members"] = dict(d.members)
+    if d.components:
+        out["components"] = dict(d.components)
+    if d.step_scores:
+        out["step_scores"] = list(d.step_scores)
+    if d.mask:
+        out.update(status=d.status, mask=True, error=d.error or None)
+    return out
+
+
 def _score_json(r: reward_pb2.ScoreResponse) -> JSON:
+    masked = [d.mask for d in r.details]
     return {
         "model": r.model,
-        "scores": list(r.scores),
-        "details": [
-            {"tokens": d.tokens, "truncated": d.truncated, "objectives": dict(d.objectives) or None}
-            for d in r.details
-        ],
+        "scores": [None if m else s for s, m in zip(r.scores, masked, strict=False)]
+        if any(masked)
+        else list(r.scores),
+        "details": [_detail_json(d) for d in r.details],
         "usage": {"prompt_tokens": r.usage.prompt_tokens},
     }
 
 
 def _compare_request(body: JSON) -> reward_pb2.CompareRequest:
     return reward_pb2.CompareRequest(
-        model=body.get("model") or "",
         pairs=[reward_pb2.Pair(prompt=p["prompt"], a=p["a"], b=p["b"]) for p in body["pairs"]],
         truncate=bool(body.get("truncate", False)),
+        **_source_fields(body),
     )
 
 
@@ -106,24 +139,33 @@ def _compare_json(r: reward_pb2.CompareResponse) -> JSON:
 
 
 def _models_json(r: reward_pb2.ListModelsResponse) -> JSON:
-    cards = [
-        {
-            "id": m.id,
-            "kind": "reward",
-            "architecture": m.architecture,
-            "model_type": m.model_type,
-            "max_input_tokens": m.max_input_tokens,
-            "dtype": m.dtype,
-            "device": m.device,
-            "head": m.head,
-            "objectives": list(m.objectives),
-            "batch_strategy": m.batch_strategy,
-            "chat_template": m.chat_template,
-            "kernels": m.kernels,
-        }
-        for m in r.models
-    ]
+    cards = [_card_json(m) for m in r.models]
     return {"object": "list", "data": cards}
+
+
+def _card_json(m: reward_pb2.ModelCard) -> JSON:
+    """The card as /v1/models shows it (``card_json``), else from the message's fields."""
+    if m.card_json:
+        card: JSON = json.loads(m.card_json)
+        return card
+    return _fields_card(m)
+
+
+def _fields_card(m: reward_pb2.ModelCard) -> JSON:
+    return {
+        "id": m.id,
+        "kind": m.kind or "model",
+        "architecture": m.architecture,
+        "model_type": m.model_type,
+        "max_input_tokens": m.max_input_tokens,
+        "dtype": m.dtype,
+        "device": m.device,
+        "head": m.head,
+        "objectives": list(m.objectives),
+        "batch_strategy": m.batch_strategy,
+        "chat_template": m.chat_template,
+        "kernels": m.kernels,
+    }
 
 
 # --- generation (rewardserve.v1.GenerationService) ------------------------------------------------

@@ -27,6 +27,7 @@ from rewardserve.client.types import (
     Input,
     Message,
     ModelInfo,
+    ModelRef,
     Pair,
     RolloutResponse,
     ScoreResult,
@@ -118,28 +119,43 @@ class RewardClient:
         self,
         inputs: Sequence[Input],
         *,
-        model: str | None = None,
+        model: ModelRef = None,
         truncate: bool = False,
+        reduce: str | None = None,
+        step_reduce: str | None = None,
         timeout: float | None = None,
     ) -> list[float]:
-        """Rewards of ``inputs`` (see ``rewardserve.client.Input``), in order."""
-        result = self.score_details(inputs, model=model, truncate=truncate, timeout=timeout)
+        """Rewards of ``inputs`` (see ``rewardserve.client.Input``), in order, from ``model``: a
+        served name, ad hoc weights ``{"helpful": 1.0, "safety": 0.5}``, or None (the default).
+        ``reduce`` (ensembles: mean | min | conservative) and ``step_reduce`` (process reward
+        models: min | last | mean | prod) choose what the score is. A masked input's score is NaN."""
+        result = self.score_details(
+            inputs, model=model, truncate=truncate, reduce=reduce, step_reduce=step_reduce, timeout=timeout
+        )
         return result.scores
 
     def score_details(
         self,
         inputs: Sequence[Input],
         *,
-        model: str | None = None,
+        model: ModelRef = None,
         truncate: bool = False,
+        reduce: str | None = None,
+        step_reduce: str | None = None,
         timeout: float | None = None,
     ) -> ScoreResult:
-        """Rewards plus per-input details (tokens, truncated, objectives) and token usage."""
+        """Rewards plus per-input details (tokens, truncated, objectives; an ensemble's members,
+        mean, std, min, conservative; a composite's components; raw; step_scores) and token usage."""
         bodies = _core.score_bodies(
-            inputs, model=model, truncate=truncate, chunk_size=self.config.max_inputs_per_request
+            inputs,
+            model=model,
+            truncate=truncate,
+            chunk_size=self.config.max_inputs_per_request,
+            reduce=reduce,
+            step_reduce=step_reduce,
         )
         if not bodies:
-            return ScoreResult(model=model or "", scores=[], details=[], prompt_tokens=0)
+            return ScoreResult(model=_core.model_label(model), scores=[], details=[], prompt_tokens=0)
         parts = self._chunked("score", bodies, len(inputs), timeout, ScoreResult.from_wire)
         return ScoreResult.merge(parts)
 
@@ -147,16 +163,23 @@ class RewardClient:
         self,
         pairs: Sequence[Pair],
         *,
-        model: str | None = None,
+        model: ModelRef = None,
         truncate: bool = False,
+        reduce: str | None = None,
+        step_reduce: str | None = None,
         timeout: float | None = None,
     ) -> CompareResult:
         """P(a ≻ b) for each ``(prompt, a, b)`` (Bradley-Terry: sigmoid of the reward margin)."""
         bodies = _core.compare_bodies(
-            pairs, model=model, truncate=truncate, chunk_size=self.config.max_inputs_per_request
+            pairs,
+            model=model,
+            truncate=truncate,
+            chunk_size=self.config.max_inputs_per_request,
+            reduce=reduce,
+            step_reduce=step_reduce,
         )
         if not bodies:
-            return CompareResult(model=model or "", probabilities=[], margins=[])
+            return CompareResult(model=_core.model_label(model), probabilities=[], margins=[])
         parts = self._chunked("compare", bodies, len(pairs), timeout, CompareResult.from_wire)
         return CompareResult.merge(parts)
 

@@ -28,7 +28,7 @@ from typing import Any, Literal, overload
 
 from rewardserve.client.aio import AsyncRewardClient
 from rewardserve.client.sync import RewardClient
-from rewardserve.client.types import Input
+from rewardserve.client.types import Input, ModelRef
 
 __all__ = ["AsyncRewardFunction", "RewardFunction", "reward_function", "to_inputs"]
 
@@ -62,7 +62,7 @@ class _Base:
         self,
         url: str | Sequence[str],
         *,
-        model: str | None,
+        model: ModelRef,
         truncate: bool,
         as_text: bool,
         name: str,
@@ -129,7 +129,7 @@ class AsyncRewardFunction(_Base):
 def reward_function(
     url: str | Sequence[str],
     *,
-    model: str | None = ...,
+    model: ModelRef = ...,
     truncate: bool = ...,
     as_text: bool = ...,
     name: str = ...,
@@ -142,7 +142,7 @@ def reward_function(
 def reward_function(
     url: str | Sequence[str],
     *,
-    model: str | None = ...,
+    model: ModelRef = ...,
     truncate: bool = ...,
     as_text: bool = ...,
     name: str = ...,
@@ -154,7 +154,7 @@ def reward_function(
 def reward_function(
     url: str | Sequence[str],
     *,
-    model: str | None = None,
+    model: ModelRef = None,
     truncate: bool = True,
     as_text: bool = False,
     name: str = "rewardserve",
@@ -163,11 +163,12 @@ def reward_function(
 ) -> RewardFunction | AsyncRewardFunction:
     """A TRL reward function scoring with the rewardserve at ``url`` (one URL or several).
 
-    ``model``: reward model name (default: the server's). ``truncate`` (default on): an over-long
-    sample is cut to the reward model's limit instead of failing the training step, as OpenRLHF's
-    remote reward does. ``name``: the ``__name__`` TRL logs rewards under (give each function its
-    own when passing several). ``client_options`` go to ``RewardClient`` (``timeout``, ``retry``,
-    ``max_inputs_per_request``...).
+    ``model``: what scores, by name (a model, ensemble, composite or PRM the server declares;
+    default: the server's first entry), or ad hoc weights ``{"helpful": 1.0, "safety": 0.5}``.
+    ``truncate`` (default on): an over-long sample is cut to the reward model's limit instead of
+    failing the training step, as OpenRLHF's remote reward does. ``name``: the ``__name__`` TRL
+    logs rewards under (give each function its own when passing several). ``client_options`` go
+    to ``RewardClient`` (``timeout``, ``retry``, ``max_inputs_per_request``...).
     """
     cls = AsyncRewardFunction if asynchronous else RewardFunction
     return cls(url, model=model, truncate=truncate, as_text=as_text, name=name, client_options=client_options)

@@ -6,6 +6,7 @@ it to and from protobuf messages, so everything above the transports is shared.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypedDict, cast
@@ -16,6 +17,7 @@ __all__ = [
     "Input",
     "Message",
     "ModelInfo",
+    "ModelRef",
     "Pair",
     "RolloutResponse",
     "ScoreDetail",
@@ -31,13 +33,18 @@ Input: TypeAlias = str | tuple[str, str] | Mapping[str, Any] | Sequence[Message]
 * ``"text"``: raw text, scored as given;
 * ``(prompt, response)``: through the reward model's chat template;
 * ``[{"role": "user", ...}, {"role": "assistant", ...}]``: a conversation, through the template;
-* a wire dict: ``{"prompt", "response"}``, ``{"messages"}`` or ``{"text"}``.
+* a wire dict: ``{"prompt", "response"}``, ``{"messages"}`` or ``{"text"}``; for a process reward
+  model also ``{"prompt", "steps"}`` or ``{"messages", "steps"}`` (steps: a list of strings).
 """
+
+ModelRef: TypeAlias = str | Mapping[str, float] | None
+"""What to score with: a served name (``client.models()``), ad hoc composite weights
+``{"helpful": 1.0, "safety": 0.5}``, or None for the server's default entry."""
 
 Pair: TypeAlias = tuple[str, str, str] | Mapping[str, str]
 """A preference question: ``(prompt, a, b)`` or ``{"prompt", "a", "b"}``; answers P(a ≻ b)."""
 
-_KINDS = ("prompt", "response", "messages", "text")
+_KINDS = ("prompt", "response", "messages", "text", "steps")
 
 
 def message_to_wire(m: Message, where: str) -> dict[str, str]:
@@ -73,6 +80,11 @@ def input_to_wire(x: Input, index: int) -> dict[str, Any]:
         out: dict[str, Any] = {k: x[k] for k in _KINDS if x.get(k) is not None}
         if "messages" in out:
             out["messages"] = [message_to_wire(m, where) for m in out["messages"]]
+        if "steps" in out:
+            out["steps"] = [str(step) for step in out["steps"]]
+            if ("prompt" in out) == ("messages" in out) or "response" in out or "text" in out:
+                raise TypeError(f"{where}: give steps with exactly one of prompt or messages")
+            return out
         kinds = ("prompt" in out or "response" in out) + ("messages" in out) + ("text" in out)
         if kinds != 1 or (("prompt" in out) != ("response" in out)):
             raise TypeError(f"{where}: give exactly one of prompt+response, messages or text")
@@ -98,11 +110,71 @@ def pair_to_wire(p: Pair, index: int) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class ScoreDetail:
+    """``details[i]`` of a scoring answer; fields the scoring entry does not set stay None."""
+
     tokens: int
     """Tokens the reward model read for this input."""
     truncated: bool
     objectives: dict[str, float] | None = None
     """Every objective of a multi-objective head, by name; None for scalar heads."""
+    raw: float | None = None
+    """The reward before normalization (normalized entries only)."""
+    members: dict[str, float | None] | None = None
+    """Ensembles: each member's reward; with mean, std (population), min and conservative."""
+    mean: float | None = None
+    std: float | None = None
+    min: float | None = None
+    conservative: float | None = None
+    components: dict[str, float | None] | None = None
+    """Composites: each component's reward (after its own normalization)."""
+    step_scores: list[float] | None = None
+    """Process reward models: P(step is good) for each step."""
+    status: str = "ok"
+    """"ok", or why the input is masked (its score is then NaN, never a silent 0)."""
+    mask: bool = False
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Every other field the server reported for this input."""
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> ScoreDetail:
+        def opt(key: str) -> float | None:
+            v = d.get(key)
+            return None if v is None else float(v)
+
+        def scores(key: str) -> dict[str, float | None] | None:
+            v = d.get(key)
+            return None if v is None else {str(k): opt_value(x) for k, x in v.items()}
+
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        return cls(
+            tokens=int(d.get("tokens", 0)),
+            truncated=bool(d.get("truncated", False)),
+            objectives={str(k): float(v) for k, v in d["objectives"].items()}
+            if d.get("objectives")
+            else None,
+            raw=opt("raw"),
+            members=scores("members"),
+            mean=opt("mean"),
+            std=opt("std"),
+            min=opt("min"),
+            conservative=opt("conservative"),
+            components=scores("components"),
+            step_scores=[float(x) for x in d["step_scores"]] if d.get("step_scores") is not None else None,
+            status=str(d.get("status") or "ok"),
+            mask=bool(d.get("mask", False)),
+            error=None if d.get("error") is None else str(d["error"]),
+            extra={k: v for k, v in d.items() if k not in known},
+        )
+
+
+def opt_value(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+def score_value(v: Any) -> float:
+    """A wire score as a float: a masked (null) one is NaN, so it cannot pass for a real reward."""
+    return math.nan if v is None else float(v)
 
 
 @dataclass(frozen=True)
@@ -116,20 +188,11 @@ class ScoreResult:
 
     @classmethod
     def from_wire(cls, body: Mapping[str, Any]) -> ScoreResult:
-        details = [
-            ScoreDetail(
-                tokens=int(d.get("tokens", 0)),
-                truncated=bool(d.get("truncated", False)),
-                objectives={str(k): float(v) for k, v in d["objectives"].items()}
-                if d.get("objectives")
-                else None,
-            )
-            for d in body.get("details", [])
-        ]
+        details = [ScoreDetail.from_wire(d) for d in body.get("details", [])]
         usage = body.get("usage") or {}
         return cls(
             model=str(body.get("model", "")),
-            scores=[float(s) for s in body["scores"]],
+            scores=[score_value(s) for s in body["scores"]],
             details=details,
             prompt_tokens=int(usage.get("prompt_tokens", sum(d.tokens for d in details))),
         )
@@ -157,8 +220,8 @@ class CompareResult:
     def from_wire(cls, body: Mapping[str, Any]) -> CompareResult:
         return cls(
             model=str(body.get("model", "")),
-            probabilities=[float(p) for p in body["probabilities"]],
-            margins=[float(m) for m in body["margins"]],
+            probabilities=[score_value(p) for p in body["probabilities"]],
+            margins=[score_value(m) for m in body["margins"]],
         )
 
     @classmethod
@@ -172,11 +235,12 @@ class CompareResult:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """A served model: a reward model (``kind="reward"``) or the policy generator."""
+    """A served entry: a reward source (``kind`` "model", "prm", "ensemble", "composite", ...) or the
+    policy generator (``kind="generator"``)."""
 
     id: str
     kind: str
-    """"reward" or "generator"."""
+    """The registry entry's kind ("model", "prm", "ensemble", "composite", ...) or "generator"."""
     max_tokens: int
     """Longest input (reward model) or prompt + completion (generator)."""
     dtype: str
