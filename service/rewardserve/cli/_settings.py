@@ -25,10 +25,9 @@ from rewardserve.naming import setting_name
 
 # Flags that existed before the options were generated and that scripts use: kept as aliases.
 ALIASES: dict[str, tuple[str, ...]] = {"model_name": ("--name",)}
-# `--model` is repeatable on the command line: a bare PATH sets Settings.model (today's meaning),
-# NAME=PATH items go to Settings.models; so `models` has no flag of its own (see split_models).
+# `--model` is repeatable on the command line: one bare PATH sets Settings.model (today's meaning),
+# otherwise the values go to Settings.models, ahead of any `--models` (see split_models).
 REPEATED = {"model": list[str]}
-NO_FLAG = frozenset({"models"})
 MODEL_HELP = (
     "Reward model directory; repeat as --model NAME=PATH to serve several (each with its own batcher "
     "and token budget; the first is the default). A bare PATH is served under --name. Unset (and no "
@@ -72,8 +71,6 @@ def settings_parameters(fields: Iterable[str], panel: str | None = None) -> list
     """One keyword parameter per Settings field, annotated for typer, defaulting to None."""
     params = []
     for field in fields:
-        if field in NO_FLAG:
-            continue
         kind, metavar = (
             (REPEATED[field], "[NAME=]PATH")
             if field in REPEATED
@@ -102,7 +99,6 @@ def with_settings_options(
 ) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Decorate a command ``fn(given: dict[str, Any], **own_options)``: the command also takes one
     option per Settings field in ``fields``; those that were given reach ``fn`` in ``given``."""
-    fields = [f for f in fields if f not in NO_FLAG]
     generated = settings_parameters(fields, panel)
     names = {p.name for p in generated}
 
@@ -141,7 +137,7 @@ def split_models(given: dict[str, Any]) -> dict[str, Any]:
     if len(values) == 1 and not _is_named(values[0]):
         out["model"] = values[0]
     else:
-        out["models"] = list(values)
+        out["models"] = [*values, *out.get("models", [])]
     return out
 
 

@@ -235,24 +235,28 @@ class CompareResult:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """A served entry: a reward source (``kind`` "model", "prm", "ensemble", "composite", ...) or the
-    policy generator (``kind="generator"``)."""
+    """A served model: a reward source (``kind="reward"``) or the policy generator."""
 
     id: str
     kind: str
-    """The registry entry's kind ("model", "prm", "ensemble", "composite", ...) or "generator"."""
+    """"reward" or "generator"."""
     max_tokens: int
     """Longest input (reward model) or prompt + completion (generator)."""
     dtype: str
     device: str
     chat_template: bool
     objectives: tuple[str, ...] = ()
+    reward_kind: str | None = None
+    """For a reward source, the server's kind of entry: "model", "prm", "ensemble", "composite"..."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Every other field the server reported (architecture, head, batch strategy, ...)."""
 
     @classmethod
     def from_wire(cls, card: Mapping[str, Any]) -> ModelInfo:
         kind = str(card.get("kind", "reward"))
+        reward_kind = None if kind == "generator" else kind
+        if kind != "generator":
+            kind = "reward"
         known = {
             "id",
             "object",
@@ -271,6 +275,7 @@ class ModelInfo:
             device=str(card.get("device", "")),
             chat_template=bool(card.get("chat_template", False)),
             objectives=tuple(card.get("objectives") or ()),
+            reward_kind=reward_kind if reward_kind != "reward" else None,
             extra={k: v for k, v in card.items() if k not in known and k != "objectives"},
         )
 
