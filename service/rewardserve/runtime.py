@@ -27,6 +27,15 @@ class Runtime:
     load_error: str | None = None
 
     @property
+    def scoring(self) -> ScoringService | None:
+        """The default model entry's ScoringService once loaded (None before): a one-model view of
+        the registry for code that predates it. New code resolves sources through ``registry``."""
+        if self.registry is None:
+            return None
+        services = self.registry.scoring_services()
+        return services.get(self.registry.default.name) or next(iter(services.values()), None)
+
+    @property
     def ready(self) -> bool:
         generator_ok = self.settings.generator is None or self.generation is not None
         return self.registry is not None and generator_ok and not self.draining

@@ -159,9 +159,29 @@ def _model_identity(opts: BulkOptions) -> tuple[Path | None, dict[str, Any]]:
         if not opts.url:
             raise BulkError("--engine server needs --url (e.g. --url http://127.0.0.1:8000)")
         return None, {"model": opts.url.rstrip("/"), "model_name": opts.name}
+    from rewardserve.bulk.several import declares_several
     from rewardserve.demo.paths import resolve_model_path
 
     s = opts.settings
+    if declares_several(s):
+        if opts.engine != "local":
+            raise BulkError(
+                "several models (--model NAME=PATH, --config) are scored with --engine local; "
+                "for the server engine, serve them and pass --name to score with one"
+            )
+        from rewardserve.errors import ConfigError
+        from rewardserve.sources.spec import from_settings
+
+        try:
+            entries = from_settings(s)  # checked now, before any shard is planned
+        except ConfigError as exc:
+            raise BulkError(str(exc)) from None
+        return None, {
+            "models": [{"name": e.name, "kind": e.kind, "declared": repr(e.plan)} for e in entries],
+            "dtype": s.dtype,
+            "max_input_tokens": s.max_input_tokens,
+            "truncation_side": s.truncation_side,
+        }
     if s.model is not None and not s.model.is_dir():
         raise BulkError(f"--model {s.model} is not a directory")
     path = resolve_model_path(s).resolve()
@@ -263,6 +283,8 @@ def score_logs(opts: BulkOptions) -> Summary:
                 progress.advance(shard_rows[result.index], result.tokens)
 
         model_name = opts.name or (model_path.name if model_path is not None else "")
+        if model_path is None and opts.engine == "local":  # several entries: the default's name
+            model_name = identity["models"][0]["name"]
         try:
             if pending:
                 _run_engine(opts, job, pending, model_path, model_name, commit, progress)
@@ -333,9 +355,20 @@ def _run_engine(
         ) as server:
             _run_here(job, pending, server, commit, progress)
         return
+    if model_path is None:  # several declared entries: reward_<name> columns
+        from rewardserve.bulk.several import RegistryScorer
+
+        try:
+            several = RegistryScorer(opts.settings)
+        except (OSError, ValueError) as exc:  # ConfigError is a ValueError too
+            raise BulkError(f"cannot load the declared models: {exc}") from exc
+        try:
+            _run_here(job, pending, several, commit, progress)
+        finally:
+            several.close()
+        return
     from rewardserve.bulk.local import LocalScorer
 
-    assert model_path is not None
     try:
         scorer = LocalScorer.load(model_path, opts.settings, model_name=model_name)
     except (OSError, ValueError) as exc:

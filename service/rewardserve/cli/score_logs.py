@@ -24,7 +24,8 @@ _RAY = "Ray engine"
 
 # Settings fields the local and ray engines use; the server engine's model is the server's business.
 _MODEL_FIELDS = (
-    "model",
+    "model",  # repeatable: --model NAME=PATH --model NAME=PATH writes reward_<name> columns
+    "config",  # or every entry of a YAML declaration (models, ensembles, composites)
     "device",
     "dtype",
     "batch_strategy",
@@ -79,7 +80,10 @@ def score_logs(
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug | info | warning")] = "info",
 ) -> None:
-    """Score logged conversations (JSONL / Parquet) into OUTPUT, resumably; summary on stdout."""
+    """Score logged conversations (JSONL / Parquet) into OUTPUT, resumably; summary on stdout.
+
+    Several models (--model NAME=PATH, repeated, or --config FILE) add a reward_<name> column per
+    declared entry; reward is the first entry's."""
     setup_logging(log_level)
     # httpx logs every request at INFO, and the client every retry: thousands of lines for one run of
     # the server engine (bulk.server logs retries at DEBUG).
