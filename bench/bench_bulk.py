@@ -4,6 +4,8 @@ Workload: the benchmark reward model (random-weight Llama, 4 layers, hidden 256,
 a Parquet log of N prompt/response rows (prompt ~16 tokens, response log-normal, median 48 tokens).
 Each engine runs in a fresh process, one run each, on the same log:
 
+  direct  the engine alone on the same rows (RewardEngine.encode + score_encoded on the whole log, no
+          shards, no files): the ceiling the local engine is measured against (issue 14: >= 0.9x)
   local   in-process engine (torch threads = --threads)
   server  `rewardserve serve` in its own process (REWARDSERVE_TORCH_THREADS = --threads), client with
           --concurrency requests of --batch-size rows in flight
@@ -11,7 +13,7 @@ Each engine runs in a fresh process, one run each, on the same log:
 
 "scoring rows/s" counts from the moment the model is loaded (and, for ray, the job submitted);
 "wall s" is the whole command, start-up included. Prints a table and writes JSON
-(bench/results/bench_bulk.json). Usage: python bench/bench_bulk.py [--rows N]
+(bench/results/bench_bulk.json). Usage: python bench/bench_bulk.py [--rows N] [--engines direct,local]
 """
 
 from __future__ import annotations
@@ -53,8 +55,45 @@ def build_log(model_dir: Path, path: Path, n: int, seed: int) -> int:
     return len(rows)
 
 
+def direct(log: Path, out: Path, model: Path, extra: dict[str, Any]) -> None:
+    """The engine alone on every row of the log, timed from the model being loaded (as score-logs'
+    "scoring s" is), tokenizing included; writes the rewards for the comparison column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rewardserve.config import Settings
+    from rewardserve.scoring.engine import RewardEngine
+    from rewardserve.scoring.types import ScoreInput
+
+    t_start = time.perf_counter()
+    rows = pq.read_table(log).to_pylist()
+    settings = Settings(model=model, torch_threads=extra["threads"])
+    engine = RewardEngine.load(model, settings)
+    t0 = time.perf_counter()
+    encoded = [
+        engine.encode(ScoreInput(prompt=r["prompt"], response=r["response"]), truncate=False) for r in rows
+    ]
+    budget = max(settings.max_batch_tokens, engine.batch_cost([engine.max_input_tokens]))
+    outs = engine.score_encoded(encoded, budget, settings.max_batch_rows)
+    scoring_s = time.perf_counter() - t0
+    pq.write_table(pa.table({"reward": [o.score for o in outs]}), out)
+    tokens = sum(o.tokens for o in outs)
+    result = {
+        "rows_out": len(outs),
+        "tokens": tokens,
+        "scoring_s": scoring_s,
+        "rows_per_s": len(outs) / scoring_s,
+        "tokens_per_s": tokens / scoring_s,
+        "process_wall_s": time.perf_counter() - t_start,
+    }
+    print(json.dumps(result))
+
+
 def one(engine: str, log: Path, out: Path, model: Path, extra: dict[str, Any]) -> None:
     """Run one engine in this process; print its Summary as one JSON line."""
+    if engine == "direct":
+        direct(log, out, model, extra)
+        return
     from rewardserve.bulk.ray_runner import RayOptions
     from rewardserve.bulk.runner import BulkOptions, score_logs
     from rewardserve.config import Settings
@@ -115,6 +154,11 @@ def main() -> None:
     ap.add_argument("--ray-cpus", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--ray-actors", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--engines",
+        default="direct,local,server,ray",
+        help="comma-separated subset of direct,local,server,ray",
+    )
     ap.add_argument("--one", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -140,17 +184,24 @@ def main() -> None:
         model_dir = build_bench_reward_model(Path(tmp) / "bench-llama")
         log = Path(tmp) / "log.parquet"
         rows = build_log(model_dir, log, args.rows, args.seed)
-        outs = {e: Path(tmp) / f"{e}.parquet" for e in ("local", "server", "ray")}
-        runs["local"] = _run_one("local", log, outs["local"], model_dir, extra, env)
-        server_env = dict(env, REWARDSERVE_TORCH_THREADS=str(args.threads))
-        rs_bin = str(Path(sys.executable).parent / "rewardserve")
-        proc, url = _start([rs_bin, "serve", "--model", str(model_dir), "--port", "0"], server_env)
-        try:
-            runs["server"] = _run_one("server", log, outs["server"], model_dir, {**extra, "url": url}, env)
-        finally:
-            proc.terminate()
-            proc.wait(60)
-        runs["ray"] = _run_one("ray", log, outs["ray"], model_dir, extra, env)
+        engines = [e for e in ("direct", "local", "server", "ray") if e in args.engines.split(",")]
+        if "local" not in engines:
+            engines.insert(0, "local")  # the reference column
+        outs = {e: Path(tmp) / f"{e}.parquet" for e in engines}
+        for engine in engines:
+            if engine != "server":
+                runs[engine] = _run_one(engine, log, outs[engine], model_dir, extra, env)
+                continue
+            server_env = dict(env, REWARDSERVE_TORCH_THREADS=str(args.threads))
+            rs_bin = str(Path(sys.executable).parent / "rewardserve")
+            proc, url = _start([rs_bin, "serve", "--model", str(model_dir), "--port", "0"], server_env)
+            try:
+                runs["server"] = _run_one(
+                    "server", log, outs["server"], model_dir, {**extra, "url": url}, env
+                )
+            finally:
+                proc.terminate()
+                proc.wait(60)
         ref = _rewards(outs["local"])
         for engine, r in runs.items():
             got = _rewards(outs[engine])
@@ -179,6 +230,9 @@ def main() -> None:
         },
         "workload": {"rows": rows, "tokens": tokens, "mean_tokens": tokens / rows, **extra},
         "rows": table,
+        "local_vs_direct": runs["local"]["tokens_per_s"] / runs["direct"]["tokens_per_s"]
+        if "direct" in runs
+        else None,
         "command": "python bench/bench_bulk.py " + " ".join(sys.argv[1:]),
     }
     print(
@@ -193,6 +247,8 @@ def main() -> None:
             f"| {r['engine']:8} | {r['wall_s']:7.1f} | {r['scoring_s']:9.1f} | {r['rows_per_s']:7.0f} | "
             f"{r['tokens_per_s']:9.0f} | {r['max_abs_reward_diff_vs_local']:16.1e} |"
         )
+    if report["local_vs_direct"] is not None:
+        print(f"\nlocal / engine direct tokens/s: {report['local_vs_direct']:.2f} (issue 14 asks >= 0.9)")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "bench_bulk.json").write_text(json.dumps(report, indent=2))
     print(f"\nwrote {RESULTS / 'bench_bulk.json'}")

@@ -56,7 +56,7 @@ class Runtime:
         services = self.require_registry().scoring_services()
         if name:
             if name not in services:
-                raise ModelNotFound(f"{name!r} is not a reward model served here; models: {list(services)}")
+                raise ModelNotFound(f"reward model {name!r} is not served here; models: {list(services)}")
             return services[name]
         default = self.require_registry().default.name
         if default in services:

@@ -210,3 +210,26 @@ def test_calibrate_refuses_bad_input(tiny_llama: Path, tmp_path: Path, env: dict
         timeout=180,
     )
     assert p.returncode == 2 and "give exactly one of" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_score_logs_with_two_models_writes_a_column_each(
+    tiny_llama: Path, tiny_qwen2: Path, tmp_path: Path, env: dict[str, str]
+) -> None:
+    import pyarrow.parquet as pq
+
+    rows = [r for r in ROWS if "prompt" in r] * 3
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "scored.parquet"
+    args = [str(log), "-o", str(out), "--model", f"helpful={tiny_llama}", "--model", f"other={tiny_qwen2}"]
+    p = subprocess.run([str(BIN), "score-logs", *args], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    table = pq.read_table(out).to_pylist()
+    assert len(table) == len(rows)
+    plain = {name: _plain_rewards(path) for name, path in (("helpful", tiny_llama), ("other", tiny_qwen2))}
+    pair_rows = [i for i, r in enumerate(ROWS) if "prompt" in r]
+    for k, got in enumerate(table):
+        i = pair_rows[k % len(pair_rows)]
+        assert got["reward_helpful"] == pytest.approx(plain["helpful"][i], abs=1e-5)
+        assert got["reward_other"] == pytest.approx(plain["other"][i], abs=1e-5)
+        assert got["reward"] == got["reward_helpful"] and got["reward_model"] == "helpful"
