@@ -81,7 +81,11 @@ async def load_registry(
     A custom ``load_model`` (tests: a gated engine) serves that one model under --model-name instead.
     """
     if load_model is load_engine:
-        registry = await Registry.from_settings(settings, metrics=metrics)
+        from rewardserve.sources import spec
+
+        # Parsing reads the YAML and normalization files: off the event loop, like the loading.
+        entries = await asyncio.to_thread(spec.from_settings, settings)
+        registry = await Registry.build(entries, settings, metrics=metrics)
         await registry.start()
     else:
         from rewardserve.sources.model import ModelSource

@@ -3,17 +3,16 @@
 ``RewardEngine.encode`` + ``prepare``/``run`` are what the server runs under its batcher, so a reward
 from here equals the one ``/v1/score`` returns for the same input and settings.
 
-Like the server, it keeps every compute worker busy (``engine.workers`` batches at once, each on its
-share of the cores) and tokenizes the next batches while they run: tokenizing a whole shard first and
-then scoring it in a few large calls left a core idle (issue 14: local 6.1k tok/s against 9.0k for the
+Like the server, it keeps every compute worker busy (``engine.workers`` full batches at once, each on
+its share of the cores), across shard boundaries: scoring one shard at a time left a worker idle at the
+end of each shard while the other ran its last batch (issue 14: local 6.1k tok/s against 9.0k for the
 engine alone on a 2-core box).
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rewardserve.bulk.job import Failed, OnProgress
@@ -33,6 +32,9 @@ class LocalScorer:
         # Same floor as the server's batcher: the longest allowed input must fit in one batch.
         self.max_batch_tokens = max(settings.max_batch_tokens, engine.batch_cost([engine.max_input_tokens]))
         self.max_batch_rows = settings.max_batch_rows
+        # One pool for every shard: while one shard's last batch runs, the next shard's batches (two
+        # shards are scored at once, see runner) keep the other worker busy instead of idle.
+        self._pool = ThreadPoolExecutor(max(1, engine.workers), thread_name_prefix="rewardserve-bulk")
 
     @classmethod
     def load(cls, path: Path, settings: Settings, *, model_name: str) -> LocalScorer:
@@ -49,53 +51,48 @@ class LocalScorer:
     def score(
         self, inputs: Sequence[ScoreInput], *, truncate: bool, on_progress: OnProgress | None = None
     ) -> list[ScoreOutput | Failed]:
-        """Tokenize in this thread while ``workers`` threads compute the batches already formed (at
-        most one more batch waits per worker, so memory stays bounded); results in input order."""
+        """Tokenize the shard, then keep ``workers`` threads busy with full batches until it is
+        scored; results in input order, progress as each batch finishes."""
         out: list[ScoreOutput | Failed | None] = [None] * len(inputs)
-        workers = max(1, self.engine.workers)
-        in_flight: deque[tuple[list[int], list[Encoded], Future[list[ScoreOutput | Failed]]]] = deque()
-
-        def collect(keep: int) -> None:
-            while len(in_flight) > keep:
-                index, items, future = in_flight.popleft()
-                for i, result in zip(index, future.result(), strict=True):
-                    out[i] = result
-                if on_progress is not None:
-                    on_progress(len(items), sum(e.n_tokens for e in items))
-
-        with ThreadPoolExecutor(workers, thread_name_prefix="rewardserve-bulk") as pool:
-            index: list[int] = []
-            batch: list[Encoded] = []
-            lengths: list[int] = []
-            for i, inp in enumerate(inputs):
-                try:
-                    item = self.engine.encode(inp, truncate=truncate)
-                except InputError as exc:
-                    out[i] = Failed(str(exc))
-                    if on_progress is not None:
-                        on_progress(1, 0)
-                    continue
-                except Exception as exc:  # a chat template that rejects this conversation, for one
-                    out[i] = Failed(f"could not tokenize: {type(exc).__name__}: {exc}")
-                    if on_progress is not None:
-                        on_progress(1, 0)
-                    continue
-                lengths.append(item.n_tokens)
-                full = (
-                    len(batch) >= self.max_batch_rows
-                    or self.engine.batch_cost(lengths) > self.max_batch_tokens
-                )
-                if batch and full:
-                    in_flight.append((index, batch, pool.submit(self._run, batch)))
-                    collect(2 * workers - 1)
-                    index, batch, lengths = [], [], [item.n_tokens]
-                index.append(i)
-                batch.append(item)
-            if batch:
-                in_flight.append((index, batch, pool.submit(self._run, batch)))
-            collect(0)
+        encoded: list[tuple[int, Encoded]] = []
+        for i, inp in enumerate(inputs):
+            try:
+                encoded.append((i, self.engine.encode(inp, truncate=truncate)))
+            except InputError as exc:
+                out[i] = Failed(str(exc))
+            except Exception as exc:  # a chat template that rejects this conversation, for one
+                out[i] = Failed(f"could not tokenize: {type(exc).__name__}: {exc}")
+        refused = len(inputs) - len(encoded)
+        if on_progress is not None and refused:
+            on_progress(refused, 0)
+        futures = [(b, self._pool.submit(self._run, [e for _, e in b])) for b in self._batches(encoded)]
+        for batch, future in futures:  # in order; the pool keeps running the later ones meanwhile
+            for (i, _), result in zip(batch, future.result(), strict=True):
+                out[i] = result
+            if on_progress is not None:
+                on_progress(len(batch), sum(e.n_tokens for _, e in batch))
         assert all(o is not None for o in out)
         return [o for o in out if o is not None]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _batches(self, encoded: list[tuple[int, Encoded]]) -> list[list[tuple[int, Encoded]]]:
+        """Full batches by the token budget and row cap, as the server's batcher forms them."""
+        batches: list[list[tuple[int, Encoded]]] = []
+        batch: list[tuple[int, Encoded]] = []
+        lengths: list[int] = []
+        for item in encoded:
+            lengths.append(item[1].n_tokens)
+            if batch and (
+                len(batch) >= self.max_batch_rows or self.engine.batch_cost(lengths) > self.max_batch_tokens
+            ):
+                batches.append(batch)
+                batch, lengths = [], [item[1].n_tokens]
+            batch.append(item)
+        if batch:
+            batches.append(batch)
+        return batches
 
     def _run(self, items: list[Encoded]) -> list[ScoreOutput | Failed]:
         """Score items; an error caused by one item fails only that item (halve until it is found)."""
