@@ -3,10 +3,10 @@
 ``RewardEngine.encode`` + ``prepare``/``run`` are what the server runs under its batcher, so a reward
 from here equals the one ``/v1/score`` returns for the same input and settings.
 
-Like the server, it keeps every compute worker busy (``engine.workers`` full batches at once, each on
-its share of the cores), across shard boundaries: scoring one shard at a time left a worker idle at the
-end of each shard while the other ran its last batch (issue 14: local 6.1k tok/s against 9.0k for the
-engine alone on a 2-core box).
+Like the server, it keeps every compute worker busy with full batches (``engine.workers`` at once, each
+on its share of the cores, from one pool for the whole run) instead of scoring fixed chunks of rows,
+whose uneven last batch left a worker idle (issue 14: local 6.1k tok/s against 9.0k for the engine
+alone on a 2-core box).
 """
 
 from __future__ import annotations
@@ -32,8 +32,7 @@ class LocalScorer:
         # Same floor as the server's batcher: the longest allowed input must fit in one batch.
         self.max_batch_tokens = max(settings.max_batch_tokens, engine.batch_cost([engine.max_input_tokens]))
         self.max_batch_rows = settings.max_batch_rows
-        # One pool for every shard: while one shard's last batch runs, the next shard's batches (two
-        # shards are scored at once, see runner) keep the other worker busy instead of idle.
+        # One pool for the whole run (not one per shard): threads and their torch state are reused.
         self._pool = ThreadPoolExecutor(max(1, engine.workers), thread_name_prefix="rewardserve-bulk")
 
     @classmethod

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -376,42 +374,14 @@ def _run_engine(
     except (OSError, ValueError) as exc:
         raise BulkError(f"cannot load the model in {model_path}: {exc}") from exc
     try:
-        _run_here(job, pending, scorer, commit, progress, shards_at_once=2)
+        _run_here(job, pending, scorer, commit, progress)
     finally:
         scorer.close()
 
 
 def _run_here(
-    job: Job,
-    pending: list[Shard],
-    scorer: Scorer,
-    commit: Callable[..., None],
-    progress: Progress,
-    *,
-    shards_at_once: int = 1,
+    job: Job, pending: list[Shard], scorer: Scorer, commit: Callable[..., None], progress: Progress
 ) -> None:
-    """Score ``pending`` shards; with ``shards_at_once`` > 1 (a scorer that is safe to call from
-    several threads) the next shard is read and tokenized while the previous one's last batches run.
-    Shards are recorded here, in this thread, as each finishes."""
     progress.start()
-    if shards_at_once == 1:
-        for shard in pending:
-            commit(process_shard(job, shard, scorer, progress.advance))
-        return
-    lock = threading.Lock()
-
-    def advance(rows: int, tokens: int) -> None:
-        with lock:
-            progress.advance(rows, tokens)
-
-    with ThreadPoolExecutor(shards_at_once, thread_name_prefix="rewardserve-shard") as pool:
-        futures = [pool.submit(process_shard, job, shard, scorer, advance) for shard in pending]
-        try:
-            for future in as_completed(futures):
-                result = future.result()
-                with lock:
-                    commit(result)
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
+    for shard in pending:
+        commit(process_shard(job, shard, scorer, progress.advance))
