@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import time
 import uuid
@@ -348,7 +349,10 @@ async def _gather_or_cancel(coros: list[Any]) -> list[Any]:
 async def start_generation(settings: Settings, metrics: Metrics | None = None) -> GenerationService:
     """Start the vLLM engine for ``settings.generator`` (its blocking start-up runs in a thread, so
     the HTTP server keeps answering liveness meanwhile)."""
-    from rewardserve.generation.vllm_engine import VLLMEngine
+    # Importing vllm takes seconds; done inline it would block the event loop (and every health
+    # probe) just like the engine start-up itself, so it runs in the thread too.
+    vllm_engine = await asyncio.to_thread(importlib.import_module, "rewardserve.generation.vllm_engine")
+    VLLMEngine = vllm_engine.VLLMEngine  # noqa: N806 (a class)
 
     path = settings.generator
     if path is None:
