@@ -351,8 +351,8 @@ async def start_generation(settings: Settings, metrics: Metrics | None = None) -
     the HTTP server keeps answering liveness meanwhile)."""
     # Importing vllm takes seconds; done inline it would block the event loop (and every health
     # probe) just like the engine start-up itself, so it runs in the thread too.
-    vllm_engine = await asyncio.to_thread(importlib.import_module, "rewardserve.generation.vllm_engine")
-    VLLMEngine = vllm_engine.VLLMEngine  # noqa: N806 (a class)
+    await asyncio.to_thread(importlib.import_module, "rewardserve.generation.vllm_engine")
+    from rewardserve.generation.vllm_engine import VLLMEngine  # now cached: instant
 
     path = settings.generator
     if path is None:
