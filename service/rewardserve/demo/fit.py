@@ -84,7 +84,7 @@ def fit(
     # longest row instead of the whole set's (most rows are a third of the longest).
     lengths = feats.lengths()
     pair_length = torch.maximum(lengths[chosen], lengths[rejected])
-    batches = list(torch.argsort(pair_length, stable=True).split(_PAIRS_PER_STEP))
+    batches = list(torch.split(torch.argsort(pair_length, stable=True), _PAIRS_PER_STEP))
     loss = torch.tensor(float("nan"))
     queue: list[torch.Tensor] = []
     for _ in range(steps):
