@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import time
 import uuid
@@ -342,7 +343,10 @@ async def _gather_or_cancel(coros: list[Any]) -> list[Any]:
 async def start_generation(settings: Settings, metrics: Metrics) -> GenerationService:
     """Start the vLLM engine for ``settings.generator`` (its blocking start-up runs in a thread, so
     the HTTP server keeps answering liveness meanwhile)."""
-    from rewardserve.generation.vllm_engine import VLLMEngine
+    # Importing vllm takes seconds; done inline it would block the event loop (and every health
+    # probe) just like the engine start-up itself, so it runs in the thread too.
+    await asyncio.to_thread(importlib.import_module, "rewardserve.generation.vllm_engine")
+    from rewardserve.generation.vllm_engine import VLLMEngine  # now cached: instant
 
     path = settings.generator
     if path is None:
