@@ -308,18 +308,20 @@ class WorkerPool:
             return
         w.dead = True
         self._stop_reading(w)
-        w.process.join(0)  # reap it if it is gone already, for the exit code
+        self._workers.discard(w)
+        self._background(self._after_death(w))
+
+    async def _after_death(self, w: _Worker) -> None:
+        # The pipe closes a moment before the process can be reaped: wait for it, for the exit code.
+        await asyncio.to_thread(w.process.join, 5.0)
         code = w.process.exitcode
         if not w.ready.done():
             w.ready.set_result(("died", code))
         self._fail_call(w, ("died", code))
-        self._workers.discard(w)
-        self._background(self._reap(w, 0.0))
+        await self._reap(w, 0.0)
         if not self._closed:
-            log.warning(
-                "reward function %r: worker %s exited (code %s); starting another", self.name, w.pid, code
-            )
-            self._background(self._replace())
+            log.warning("reward function %r: worker %s exited (code %s); starting another", self.name, w.pid, code)
+            await self._replace()
 
     def _kill_and_replace(self, w: _Worker) -> None:
         if w.dead:
