@@ -171,7 +171,9 @@ async def test_a_target_that_does_not_load_fails_start_up(tmp_path: Path) -> Non
 async def test_close_with_calls_waiting(user_file: Path) -> None:
     pool = WorkerPool(f"{user_file}:behave", workers=1, timeout_s=60.0, name="t")
     await pool.start()
-    hung = asyncio.create_task(pool.call({"prompt": "", "response": "sleep", "label": None, "metadata": None}))
+    hung = asyncio.create_task(
+        pool.call({"prompt": "", "response": "sleep", "label": None, "metadata": None})
+    )
     waiting = asyncio.create_task(pool.call({"prompt": "", "response": "a", "label": None, "metadata": None}))
     await asyncio.sleep(0.2)
     pids = pool.pids

@@ -102,9 +102,7 @@ def test_check_result() -> None:
 def test_call_kwargs() -> None:
     pair = call_kwargs(ScoreInput(prompt="p", response="r", label="L", metadata={"m": 1}))
     assert pair == {"prompt": "p", "response": "r", "label": "L", "metadata": {"m": 1}}
-    conv = call_kwargs(
-        ScoreInput(messages=(Message("user", "hi"), Message("assistant", "hello")), label=1)
-    )
+    conv = call_kwargs(ScoreInput(messages=(Message("user", "hi"), Message("assistant", "hello")), label=1))
     assert conv["prompt"] == [{"role": "user", "content": "hi"}] and conv["response"] == "hello"
     assert call_kwargs(ScoreInput(text="t"))["response"] == "t"
     with pytest.raises(ValueError, match="end with the assistant"):

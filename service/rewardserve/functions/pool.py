@@ -320,7 +320,9 @@ class WorkerPool:
         self._fail_call(w, ("died", code))
         await self._reap(w, 0.0)
         if not self._closed:
-            log.warning("reward function %r: worker %s exited (code %s); starting another", self.name, w.pid, code)
+            log.warning(
+                "reward function %r: worker %s exited (code %s); starting another", self.name, w.pid, code
+            )
             await self._replace()
 
     def _kill_and_replace(self, w: _Worker) -> None:
