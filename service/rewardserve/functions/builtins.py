@@ -12,6 +12,10 @@ import re
 import unicodedata
 from typing import Any
 
+# Heavy modules a built-in needs, imported when its worker starts rather than on the first call: the
+# first call's timeout must not pay for importing sympy (seconds on a busy machine).
+PRELOAD = {"math_verify_reward": "math_verify", "json_valid": "jsonschema"}
+
 _FENCE = re.compile(r"^```[A-Za-z0-9_-]*\s*\n?(.*?)\n?```$", re.DOTALL)
 
 

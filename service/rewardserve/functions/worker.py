@@ -89,6 +89,9 @@ def load_target(target: str) -> Callable[..., Any]:
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise TargetError(f"{where!r} has no function {attr!r}")
+    preload = getattr(module, "PRELOAD", {}) if where == "rewardserve.functions.builtins" else {}
+    if attr in preload:
+        importlib.import_module(preload[attr])
     return fn  # type: ignore[no-any-return]
 
 
