@@ -35,6 +35,9 @@ USER_FUNCTIONS = textwrap.dedent(
             return "high"
         if response == "dict":
             return {"score": 0.25, "passed": 3, "failed": [1, 2], "label_seen": label}
+        if response == "slow":
+            time.sleep(1.0)
+            return 0.5
         if response == "pid":
             return {"score": 1.0, "pid": os.getpid()}
         return float(len(response))
@@ -197,3 +200,86 @@ def test_config_parsing(tmp_path: Path, user_file: Path) -> None:
         parse_function({"name": "x", "target": "nope.py:f"}, "functions[3]", tmp_path)
     with pytest.raises(ConfigError, match="timeout_s"):
         parse_function({"name": "math", "timeout_s": 0}, "functions[4]", tmp_path)
+
+
+async def test_a_cancelled_call_gives_its_worker_back(user_file: Path) -> None:
+    """A caller that goes away does not cost a process: the call ends in the background and the
+    worker serves the next call (no kill, no replacement)."""
+    pool = WorkerPool(f"{user_file}:behave", workers=1, timeout_s=30.0, name="t")
+    await pool.start()
+    try:
+        (pid,) = pool.pids
+        task = asyncio.create_task(
+            pool.call({"prompt": "", "response": "slow", "label": None, "metadata": None})
+        )
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        after = await pool.call({"prompt": "", "response": "pid", "label": None, "metadata": None})
+        assert after.status == "ok" and after.extras == {"pid": pid}
+        assert pool.replaced == 0
+    finally:
+        await pool.close()
+
+
+async def test_the_request_deadline_bounds_the_call(user_file: Path) -> None:
+    import time
+
+    source = FunctionSource(FunctionConfig(name="t", target=f"{user_file}:behave", workers=1, timeout_s=60))
+    await source.start()
+    try:
+        deadline = time.monotonic() + 0.5
+        hung, queued = await source.score(
+            [ScoreInput(prompt="", response="sleep"), ScoreInput(prompt="", response="x")],
+            ScoreOptions(deadline=deadline),
+        )
+        assert hung.status == "timeout" and "deadline" in (hung.error or "")
+        assert queued.status == "timeout" and "deadline" in (queued.error or "")
+        (ok,) = await source.score([ScoreInput(prompt="", response="xy")], ScoreOptions())
+        assert ok.score == 2.0
+    finally:
+        await source.close()
+
+
+def test_workers_exit_when_the_server_is_killed(user_file: Path, tmp_path: Path) -> None:
+    """SIGKILL of the server (no close(), no atexit): its workers, even one stuck in a call, exit."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "server.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import asyncio, sys
+            from rewardserve.functions.pool import WorkerPool
+
+            async def main():
+                pool = WorkerPool({str(user_file) + ":behave"!r}, workers=2, timeout_s=600, name="t")
+                await pool.start()
+                hang = {{"prompt": "", "response": "sleep", "label": None, "metadata": None}}
+                task = asyncio.create_task(pool.call(hang))
+                await asyncio.sleep(0.5)
+                print(" ".join(map(str, pool.pids)), flush=True)
+                await asyncio.sleep(600)
+
+            if __name__ == "__main__":
+                asyncio.run(main())
+            """
+        )
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 2 and all(_alive(p) for p in pids)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    for _ in range(300):  # the workers notice within about a second
+        if not any(_alive(p) for p in pids):
+            break
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in pids)
