@@ -22,6 +22,8 @@ Pure Python, no imports beyond the standard library: the client (no torch), the 
     ├── internal signals, never shown to a client
     │   ├── OutOfMemory               (engine -> batcher: split the batch)
     │   └── ClientGone                (HTTP: the caller hung up)
+    ├── start-up
+    │   └── ConfigError               (the registry declaration or a reward function/judge is wrong)
     └── command-line jobs
         ├── BulkError
         ├── RowError
@@ -40,6 +42,7 @@ __all__ = [
     "AuthError",
     "BulkError",
     "ClientGone",
+    "ConfigError",
     "DeadlineExceeded",
     "DemoBuildError",
     "Draining",
@@ -176,6 +179,15 @@ class OutOfMemory(RewardServeError):
 class ClientGone(RewardServeError):
     """Raised inside an HTTP handler when the caller disconnected before the answer was ready; the
     handler cancels the work and answers 499 to nobody."""
+
+
+# --- start-up -------------------------------------------------------------------------------------
+
+
+class ConfigError(RewardServeError, ValueError):
+    """The served-model declaration (--model / --config YAML, --reward-fn) is invalid: unknown or
+    duplicate names, a cycle, a reward function that does not load, a judge choice that is not one
+    token. Raised at start-up; the message names the entry and says how to fix it."""
 
 
 # --- command-line jobs ----------------------------------------------------------------------------

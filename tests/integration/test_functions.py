@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from rewardserve.errors import Draining
-from rewardserve.functions._compat import ConfigError, ScoreInput, ScoreOptions
+from rewardserve.errors import ConfigError, Draining
+from rewardserve.functions._compat import ScoreInput, ScoreOptions
 from rewardserve.functions.pool import WorkerPool
 from rewardserve.functions.source import FunctionConfig, FunctionSource, parse_function
 from rewardserve.metrics import Metrics

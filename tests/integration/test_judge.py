@@ -12,7 +12,8 @@ import pytest_asyncio
 import torch
 
 from rewardserve.config import Settings
-from rewardserve.functions._compat import ConfigError, ScoreInput, ScoreOptions
+from rewardserve.errors import ConfigError
+from rewardserve.functions._compat import ScoreInput, ScoreOptions
 from rewardserve.generation.judge import JudgeConfig, JudgeSource, choice_token_ids, template_variables
 from rewardserve.generation.service import GenerationService, start_generation
 from rewardserve.metrics import Metrics

@@ -4,7 +4,6 @@ TODO(merge): delete this module and import from the real places instead:
 - ``Status``, ``ScoreOptions``, ``RewardResult`` -> ``rewardserve.scoring.types`` (same fields).
 - ``ScoreInput`` -> ``rewardserve.scoring.types.ScoreInput``, which must gain ``label: Any = None``,
   ``metadata: Any = None`` and ``group: str | None = None`` (issue 15's contract; r14 added ``steps``).
-- ``ConfigError`` -> ``rewardserve.errors.ConfigError``.
 - ``Entry`` -> ``rewardserve.sources.spec.Entry``; ``BuildContext`` -> ``rewardserve.registry.BuildContext``,
   which must gain ``generation: GenerationService | None`` for judges with ``engine: generator``.
 The copies below match r14's definitions field for field, so only the imports change.
@@ -15,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from rewardserve.errors import RewardServeError
 from rewardserve.scoring.types import Message
 
 if TYPE_CHECKING:
@@ -24,10 +22,6 @@ if TYPE_CHECKING:
     from rewardserve.metrics import Metrics
 
 Status = Literal["ok", "timeout", "error", "parse_failed"]
-
-
-class ConfigError(RewardServeError, ValueError):
-    """The served-model declaration (--model / --config YAML) is invalid. Raised at start-up."""
 
 
 @dataclass(frozen=True)

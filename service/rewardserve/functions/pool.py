@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Literal
 
-from rewardserve.errors import Draining
+from rewardserve.errors import ConfigError, Draining
 from rewardserve.functions import worker as worker_main
 
 log = logging.getLogger(__name__)
@@ -42,10 +42,6 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
-
-
-class LoadError(RuntimeError):
-    """A worker could not load the target; the message says why (raised by ``WorkerPool.start``)."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +106,7 @@ class WorkerPool:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        """Start every worker and wait until each has loaded the target. Raises LoadError (and
+        """Start every worker and wait until each has loaded the target. Raises ConfigError (and
         stops what it started) when the target cannot be loaded."""
         if self._started:
             return
@@ -279,14 +275,16 @@ class WorkerPool:
         try:
             message = await asyncio.wait_for(asyncio.shield(w.ready), START_TIMEOUT_S)
         except TimeoutError:
-            raise LoadError(
+            raise ConfigError(
                 f"reward function {self.name!r}: a worker did not load {self.target!r} within "
                 f"{START_TIMEOUT_S:.0f}s"
             ) from None
         if message[0] == "load_error":
-            raise LoadError(f"reward function {self.name!r}: {message[1]}")
+            raise ConfigError(f"reward function {self.name!r}: {message[1]}")
         if message[0] != "ready":
-            raise LoadError(f"reward function {self.name!r}: the worker exited while loading {self.target!r}")
+            raise ConfigError(
+                f"reward function {self.name!r}: the worker exited while loading {self.target!r}"
+            )
 
     def _on_readable(self, w: _Worker) -> None:
         try:
@@ -343,7 +341,7 @@ class WorkerPool:
         w = self._spawn()
         try:
             await self._wait_ready(w)
-        except LoadError as exc:  # loaded fine at start-up; now fails (file edited, disk gone)
+        except ConfigError as exc:  # loaded fine at start-up; now fails (file edited, disk gone)
             log.error("%s; the pool has one worker fewer", exc)
             self._kill_and_replace_quietly(w)
             return

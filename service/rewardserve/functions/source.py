@@ -25,16 +25,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from rewardserve.errors import ConfigError
+
 # TODO(merge): import these from rewardserve.scoring.types / errors / sources.spec / registry.
 from rewardserve.functions._compat import (
     BuildContext,
-    ConfigError,
     Entry,
     RewardResult,
     ScoreInput,
     ScoreOptions,
 )
-from rewardserve.functions.pool import CallResult, LoadError, WorkerPool, default_workers
+from rewardserve.functions.pool import CallResult, WorkerPool, default_workers
 from rewardserve.functions.worker import BUILTINS, resolve_target
 from rewardserve.metrics import Metrics
 
@@ -114,10 +115,7 @@ class FunctionSource:
 
     async def start(self) -> None:
         """Start the workers; a target that cannot be loaded is a ConfigError naming the entry."""
-        try:
-            await self.pool.start()
-        except LoadError as exc:
-            raise ConfigError(str(exc)) from None
+        await self.pool.start()
 
     async def close(self, *, drain: bool = True, timeout: float | None = None) -> None:
         await self.pool.close(drain=drain, timeout=timeout)

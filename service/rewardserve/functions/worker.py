@@ -28,6 +28,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from rewardserve.errors import ConfigError
+
 BUILTINS = {
     "math": "rewardserve.functions.builtins:math_verify_reward",
     "exact": "rewardserve.functions.builtins:exact_match",
@@ -44,10 +46,6 @@ RESERVED_EXTRAS = frozenset(
 MAX_MESSAGE = 500
 
 
-class TargetError(ValueError):
-    """The target could not be loaded; the message says why and how to fix it."""
-
-
 def resolve_target(target: str) -> str:
     """A built-in name -> its ``module:function``; anything else is returned as given."""
     return BUILTINS.get(target, target)
@@ -58,37 +56,37 @@ def load_target(target: str) -> Callable[..., Any]:
     spec = resolve_target(target)
     where, sep, attr = spec.rpartition(":")
     if not sep or not where or not attr:
-        raise TargetError(
+        raise ConfigError(
             f"reward function target {target!r} is not `module:function` or `path/to/file.py:function` "
             f"(or a built-in: {sorted(BUILTINS)})"
         )
     if where.endswith(".py") or os.sep in where or "/" in where:
         path = Path(where)
         if not path.is_file():
-            raise TargetError(f"reward function file not found: {path}")
+            raise ConfigError(f"reward function file not found: {path}")
         # The file's folder goes on sys.path so that it can import its sibling modules.
         sys.path.insert(0, str(path.parent.resolve()))
         name = f"rewardserve_user_{path.stem}"
         module_spec = importlib.util.spec_from_file_location(name, path)
         if module_spec is None or module_spec.loader is None:
-            raise TargetError(f"cannot load {path} as a Python module")
+            raise ConfigError(f"cannot load {path} as a Python module")
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[name] = module
         try:
             module_spec.loader.exec_module(module)
         except Exception as exc:
-            raise TargetError(f"importing {path} failed: {type(exc).__name__}: {exc}") from None
+            raise ConfigError(f"importing {path} failed: {type(exc).__name__}: {exc}") from None
     else:
         try:
             module = importlib.import_module(where)
         except Exception as exc:
-            raise TargetError(
+            raise ConfigError(
                 f"cannot import module {where!r} for reward function {target!r}: "
                 f"{type(exc).__name__}: {exc}; is it installed, or on PYTHONPATH?"
             ) from None
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise TargetError(f"{where!r} has no function {attr!r}")
+        raise ConfigError(f"{where!r} has no function {attr!r}")
     preload = getattr(module, "PRELOAD", {}) if where == "rewardserve.functions.builtins" else {}
     if attr in preload:
         importlib.import_module(preload[attr])
@@ -141,7 +139,7 @@ def main(conn: Connection, target: str, kwargs: dict[str, Any], parent_pid: int)
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     try:
         fn = load_target(target)
-    except TargetError as exc:
+    except ConfigError as exc:
         conn.send(("load_error", str(exc)))
         return
     except Exception as exc:  # anything else at import time is still the target's problem

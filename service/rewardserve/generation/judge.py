@@ -38,12 +38,11 @@ from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rewardserve.config import Settings
-from rewardserve.errors import RewardServeError
+from rewardserve.errors import ConfigError, RewardServeError
 
 # TODO(merge): import these from rewardserve.scoring.types / errors / sources.spec / registry.
 from rewardserve.functions._compat import (
     BuildContext,
-    ConfigError,
     Entry,
     RewardResult,
     ScoreInput,
