@@ -154,3 +154,37 @@ async def test_multi_token_choice_is_refused_at_start(generation: GenerationServ
         await judge.start()
     ids = [judge.tokenizer.convert_tokens_to_ids(c) for c in "AB"]
     assert choice_token_ids("j", judge.tokenizer, {"A": 1.0, "B": 0.0}) == [(ids[0], 1.0), (ids[1], 0.0)]
+
+
+async def test_a_judge_with_its_own_engine(judge_model: Path, generation: GenerationService) -> None:
+    """`path:` starts an engine for the judge alone, closed with it; `engine: generator` without a
+    generator is refused at start-up."""
+    from rewardserve.functions._compat import BuildContext
+    from rewardserve.generation.judge import build_judge, parse_judge
+
+    settings = Settings(
+        generator_dtype="float32", generator_max_model_len=512, generator_kv_cache_bytes=64 * 2**20
+    )
+    data = {"name": "own", "path": str(judge_model), "template": TEMPLATE, "choices": CHOICES}
+    judge = await build_judge(parse_judge(data, "judges[0]", Path.cwd()), BuildContext(settings, None))
+    try:
+        assert judge.owns_engine and judge.generation is not generation
+        (result,) = await judge.score(INPUTS[:1], ScoreOptions())
+        ids = judge.render({**template_variables(INPUTS[0]), "label": None, "metadata": None})
+        choice_ids = [t for t, _ in judge.choice_tokens]
+        assert result.score == pytest.approx(
+            _reference(judge_model, ids, choice_ids, list(CHOICES.values())), abs=1e-4
+        )
+    finally:
+        await judge.close()
+    with pytest.raises(ConfigError, match="no generator is served"):
+        shared = {"name": "j", "engine": "generator", "template": TEMPLATE, "choices": CHOICES}
+        await build_judge(parse_judge(shared, "judges[1]", Path.cwd()), BuildContext(settings, None))
+    with pytest.raises(ConfigError, match="exactly one of `choices"):
+        parse_judge({"name": "j", "engine": "generator", "template": TEMPLATE}, "judges[2]", Path.cwd())
+    with pytest.raises(ConfigError, match="capture group"):
+        parse_judge(
+            {"name": "j", "engine": "generator", "template": TEMPLATE, "pattern": r"\d+"},
+            "judges[3]",
+            Path.cwd(),
+        )
