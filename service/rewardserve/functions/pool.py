@@ -189,7 +189,7 @@ class WorkerPool:
         try:
             worker.conn.send((call_id, kwargs))
         except (OSError, ValueError):
-            self._on_death(worker)  # died while idle; reply now holds the "died" answer
+            self._on_death(worker)  # died while idle: the reply gets "died" once it is reaped
         except Exception as exc:  # kwargs that cannot be pickled: this input's problem only
             worker.reply, worker.call_id = None, None
             self._release(worker)
