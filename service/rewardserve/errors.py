@@ -22,6 +22,8 @@ Pure Python, no imports beyond the standard library: the client (no torch), the 
     ├── internal signals, never shown to a client
     │   ├── OutOfMemory               (engine -> batcher: split the batch)
     │   └── ClientGone                (HTTP: the caller hung up)
+    ├── start-up
+    │   └── ConfigError               (the registry declaration or a reward function/judge is wrong)
     └── command-line jobs
         ├── BulkError
         ├── RowError
@@ -40,6 +42,7 @@ __all__ = [
     "AuthError",
     "BulkError",
     "ClientGone",
+    "ConfigError",
     "DeadlineExceeded",
     "DemoBuildError",
     "Draining",
@@ -178,6 +181,16 @@ class ClientGone(RewardServeError):
     handler cancels the work and answers 499 to nobody."""
 
 
+# --- start-up -------------------------------------------------------------------------------------
+
+
+class ConfigError(RewardServeError, ValueError):
+    """The served-model declaration (--model / --config YAML, --reward-fn) is invalid: unknown or
+    duplicate names, a cycle, an ensemble member that is not a model, a bad normalization file, a
+    reward function that does not load, a judge choice that is not one token. Raised at start-up; the
+    message names the entry and says how to fix it."""
+
+
 # --- command-line jobs ----------------------------------------------------------------------------
 
 
@@ -198,11 +211,3 @@ class RowError(RewardServeError, ValueError):
 class DemoBuildError(RewardServeError, RuntimeError):
     """Raised when the demo model could not be built, or came out worse than
     ``demo.build.MIN_TEST_ACCURACY``."""
-
-
-# --- start-up ---------------------------------------------------------------------------------------
-
-
-class ConfigError(RewardServeError, ValueError):
-    """The served-model declaration (--model / --config YAML) is invalid: unknown or duplicate names,
-    a cycle, an ensemble member that is not a model, a bad normalization file. Raised at start-up."""

@@ -137,6 +137,26 @@ class GenerationService:
         self.metrics.generated_tokens.labels(self.name).inc(sampled)
         return GenerateResult(results=tuple(results), weights_version=version)
 
+    async def complete(self, prompt_ids: list[int], params: Any) -> Any:
+        """One already-tokenized prompt with caller-made vLLM ``SamplingParams``; the final
+        ``RequestOutput``. For judges: they build their own params (one token with the logprobs of
+        the choice tokens, or greedy text) and share this engine's admission, reload gate and
+        cancellation with policy sampling."""
+        if self._closed:
+            raise Draining("server is draining")
+        limit = self.engine.max_model_len
+        if len(prompt_ids) >= limit:
+            raise InputError(f"prompt is {len(prompt_ids)} tokens; the engine's max_model_len is {limit}")
+        async with self._admitted():
+            request_id = self._request_id()
+            final = None
+            async with self._tracked(request_id) as done:
+                async for out in self.engine.generate(request_id, prompt_ids, params):
+                    final = out
+                done()
+        assert final is not None, "vLLM ended a request without a final output"
+        return final
+
     async def open_stream(
         self, prompts: Sequence[PromptInput], opts: SamplingOptions, *, generator: str | None = None
     ) -> GenerationStream:
