@@ -24,16 +24,22 @@ from rewardserve.config import Settings
 from rewardserve.naming import setting_name
 
 # Flags that existed before the options were generated and that scripts use: kept as aliases.
-ALIASES: dict[str, tuple[str, ...]] = {"model_name": ("--name",)}
+ALIASES: dict[str, tuple[str, ...]] = {
+    "model_name": ("--name",),
+    "api_keys": ("--api-keys",),
+    "admin_keys": ("--admin-keys",),
+}
+# Repeatable options are named in the singular: --api-key A --api-key B.
+SINGULAR = {"api_keys": "--api-key", "admin_keys": "--admin-key"}
 GENERATOR_PANEL = "Policy generation (vLLM)"
 
 
 def flag(field: str) -> str:
     """The option that sets Settings field ``field``."""
-    return "--" + field.replace("_", "-")
+    return SINGULAR.get(field) or "--" + field.replace("_", "-")
 
 
-def _option_type(annotation: Any) -> tuple[type, str | None]:
+def _option_type(annotation: Any) -> tuple[Any, str | None]:
     """The Python type typer parses the option as, and a metavar listing the choices of a Literal."""
     args = get_args(annotation)
     if get_origin(annotation) in (Union, types.UnionType):
@@ -44,6 +50,8 @@ def _option_type(annotation: Any) -> tuple[type, str | None]:
         return str, "[" + "|".join(str(a) for a in args) + "]"
     if annotation in (bool, int, float, str, Path):
         return annotation, None
+    if get_origin(annotation) is list and get_args(annotation) == (str,):
+        return list[str], "KEY"  # a repeatable option: --api-key A --api-key B
     raise TypeError(f"Settings field type {annotation!r} has no command-line form; add one in {__name__}")
 
 
@@ -96,7 +104,8 @@ def with_settings_options(
 
         @functools.wraps(fn)
         def command(**kwargs: Any) -> None:
-            given = {k: kwargs.pop(k) for k in names if kwargs.get(k) is not None}
+            # None (or an empty list for a repeatable option): not given.
+            given = {k: kwargs.pop(k) for k in names if kwargs.get(k) not in (None, [], ())}
             for k in names:
                 kwargs.pop(k, None)
             fn(given, **kwargs)

@@ -38,7 +38,7 @@ _BY_CODE: dict[grpc.StatusCode, type[errors.RewardServeError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: errors.InvalidRequest,
     grpc.StatusCode.NOT_FOUND: errors.ModelNotFound,
     grpc.StatusCode.UNAUTHENTICATED: errors.AuthError,
-    grpc.StatusCode.PERMISSION_DENIED: errors.AuthError,
+    grpc.StatusCode.PERMISSION_DENIED: errors.Forbidden,
     grpc.StatusCode.UNIMPLEMENTED: errors.NotSupported,
     grpc.StatusCode.RESOURCE_EXHAUSTED: errors.Overloaded,
     grpc.StatusCode.UNAVAILABLE: errors.Unavailable,

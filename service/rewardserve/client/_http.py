@@ -47,7 +47,7 @@ def parse_retry_after(value: str | None) -> float | None:
 _BY_STATUS: dict[int, type[errors.RewardServeError]] = {
     400: errors.InvalidRequest,
     401: errors.AuthError,
-    403: errors.AuthError,
+    403: errors.Forbidden,
     404: errors.ModelNotFound,
     413: errors.InvalidRequest,
     422: errors.InvalidRequest,
