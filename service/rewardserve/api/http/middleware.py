@@ -124,7 +124,7 @@ class BodyReader:
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         text = f"request body is larger than {self.max_bytes} bytes: raise {setting_name('max_body_bytes')}"
-        await _error(413, text, "validation", {"Connection": "close"})(scope, receive, send)
+        await _error(413, text, "validation")(scope, receive, send)
 
 
 def _replay(bodies: list[bytes], first: Message | None, receive: Receive) -> Receive:
