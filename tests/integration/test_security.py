@@ -264,7 +264,7 @@ async def test_reload_without_a_weights_root_is_refused(tiny_llama: Path, tmp_pa
         await srv.stop()
 
 
-def test_generator_loads_safetensors_only(tiny_policy: Path) -> None:
+async def test_generator_loads_safetensors_only(tiny_policy: Path) -> None:
     pytest.importorskip("vllm")
     from rewardserve.generation.vllm_engine import engine_args
 

@@ -115,6 +115,7 @@ def build_http_app(runtime: Runtime) -> FastAPI:
         max_bytes=settings.max_body_bytes,
         timeout_s=settings.request_read_timeout_s,
         max_depth=settings.max_json_depth,
+        max_header_bytes=settings.max_header_bytes,
     )
     app.add_middleware(Authenticate, authenticator=Authenticator(settings))
     app.add_middleware(RequestMetrics, metrics=runtime.metrics)

@@ -150,9 +150,9 @@ async def reload_weights(body: WeightsRequest, request: Request, runtime: Runtim
     Admin key only (when keys are configured), and only from inside --weights-root."""
     caller: Caller | None = request.scope.get("state", {}).get("caller")
     who = caller.key_id if caller is not None else "-"
+    gen = runtime.require_generation()  # 404 on a scoring-only server, whatever the path
     try:
         path = allowed_weights_path(runtime.settings.weights_root, body.path)
-        gen = runtime.require_generation()
         version = await gen.reload_weights(path)
     except Exception as exc:
         log.warning("weights reload by key %s from %r: refused (%s)", who, body.path, type(exc).__name__)

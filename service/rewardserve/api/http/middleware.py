@@ -58,6 +58,7 @@ class BodyReader:
     """ASGI middleware: the whole body is read here, then replayed to the app, so that before FastAPI
     parses anything:
 
+    * headers over ``max_header_bytes`` are refused (431);
     * a body over ``max_bytes`` is refused (413), a declared Content-Length up front;
     * a body that does not arrive within ``timeout_s`` is refused (408): a client trickling bytes
       cannot hold a connection and a buffer for ever;
@@ -68,8 +69,11 @@ class BodyReader:
     would be turned into a 400 by FastAPI.)
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float, max_depth: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, timeout_s: float, max_depth: int, max_header_bytes: int
+    ) -> None:
         self.app = app
+        self.max_header_bytes = max_header_bytes
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
         self.max_depth = max_depth
@@ -78,7 +82,16 @@ class BodyReader:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers", []))
+        raw_headers = scope.get("headers", [])
+        head_bytes = sum(len(k) + len(v) + 4 for k, v in raw_headers)
+        if head_bytes > self.max_header_bytes:  # h11 bounds an incomplete head; this a complete one
+            text = (
+                f"request headers are larger than {self.max_header_bytes} bytes: raise "
+                f"{setting_name('max_header_bytes')}"
+            )
+            await _error(431, text, "validation", {"Connection": "close"})(scope, receive, send)
+            return
+        headers = dict(raw_headers)
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             await self._too_large(scope, receive, send)
@@ -170,6 +183,7 @@ _REJECTED = {
     408: "timeout",
     499: "cancelled",
     413: "too_large",
+    431: "too_large",
     422: "validation",
     429: "overloaded",
     503: "unavailable",

@@ -17,6 +17,7 @@ import asyncio
 import json
 from typing import Any
 
+import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from rewardserve.config import Settings
@@ -40,8 +41,21 @@ def _busy_response() -> bytes:
 _BUSY = _busy_response()
 
 
-def guarded_protocol(head_timeout_s: float, max_connections: int) -> type[H11Protocol]:
+def _bad_request(max_header_bytes: int) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    body = json.dumps(
+        {
+            "error": f"invalid HTTP request: malformed, or a request head over {max_header_bytes} bytes "
+            f"(raise {setting_name('max_header_bytes')})",
+            "type": "validation",
+        }
+    ).encode()
+    headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+    return headers, body
+
+
+def guarded_protocol(head_timeout_s: float, max_connections: int, max_header_bytes: int) -> type[H11Protocol]:
     """An H11Protocol class with the limits above (uvicorn.Config(http=...) takes a class)."""
+    bad_headers, bad_body = _bad_request(max_header_bytes)
 
     class GuardedH11Protocol(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
@@ -68,6 +82,14 @@ def guarded_protocol(head_timeout_s: float, max_connections: int) -> type[H11Pro
             if not self.transport.is_closing() and not self._serving():
                 self._arm()  # the next request head must come in time too
 
+        def send_400_response(self, msg: str) -> None:
+            # uvicorn's own answer is plain text; every error of the service is {"error", "type"}.
+            event = h11.Response(status_code=400, headers=bad_headers, reason=b"Bad Request")
+            self.transport.write(self.conn.send(event) or b"")
+            self.transport.write(self.conn.send(h11.Data(data=bad_body)) or b"")
+            self.transport.write(self.conn.send(h11.EndOfMessage()) or b"")
+            self.transport.close()
+
         def _serving(self) -> bool:
             return self.cycle is not None and not self.cycle.response_complete
 
@@ -93,7 +115,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     import ssl
 
     options: dict[str, Any] = {
-        "http": guarded_protocol(settings.request_read_timeout_s, settings.max_connections),
+        "http": guarded_protocol(
+            settings.request_read_timeout_s, settings.max_connections, settings.max_header_bytes
+        ),
         "h11_max_incomplete_event_size": settings.max_header_bytes,
     }
     if settings.tls_cert is not None:
