@@ -126,7 +126,7 @@ class Settings(BaseSettings):
     input_chars_per_token: int = Field(default=32, ge=1, le=1024)
     """Characters per input are capped at this x max_input_tokens (x 4 with truncate), checked before
     the tokenizer sees the text: a longer text cannot fit, and tokenizing megabytes only to refuse
-    them would block scoring for seconds. Over it: 413."""
+    them would block scoring for seconds. Over it: 422."""
     max_header_bytes: int = Field(default=65_536, ge=1024, le=16 * 1024 * 1024)
     """Largest HTTP request line + headers; a larger one is refused (400) and the connection closed."""
     request_read_timeout_s: float = Field(default=30.0, gt=0, le=3600)

@@ -5,6 +5,7 @@ Real servers over a tiny reward model (gated where the model must be held)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -66,7 +67,12 @@ _JSON = {"content-type": "application/json"}
 
 async def test_every_error_is_the_error_format(client: httpx.AsyncClient) -> None:
     cases: list[tuple[str, str, dict[str, Any], int]] = [
-        ("POST", "/v1/score", {"content": b'{"inputs": [{"text": "\xff\xfe"}]}', "headers": _JSON}, 0),  # bad UTF-8
+        (
+            "POST",
+            "/v1/score",
+            {"content": b'{"inputs": [{"text": "\xff\xfe"}]}', "headers": _JSON},
+            0,
+        ),  # bad UTF-8
         (
             "POST",
             "/v1/score",
@@ -238,11 +244,12 @@ def _body(path: str, text: str) -> dict[str, Any]:
 async def _send(
     port: int, path: str, body: dict[str, Any]
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    import json
-
     data = json.dumps(body).encode()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n"
+    )
     writer.write(head.encode() + data)
     await writer.drain()
     return reader, writer
