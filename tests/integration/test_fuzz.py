@@ -44,3 +44,11 @@ def test_no_server_errors_and_answers_match_the_schema(
 ) -> None:
     checks = [not_a_server_error, response_schema_conformance]
     case.call_and_validate(base_url=fuzzed_server.http_url, checks=checks, timeout=30)
+
+
+def test_the_fuzzer_reached_the_server(fuzzed_server: ServerThread) -> None:
+    """Runs after the fuzzing above (same module, same server): it really sent requests, to many routes."""
+    samples = fuzzed_server.server.runtime.metrics.requests.collect()[0].samples
+    endpoints = {s.labels["endpoint"] for s in samples if s.name.endswith("_total") and s.value > 0}
+    total = sum(s.value for s in samples if s.name.endswith("_total"))
+    assert total >= 50 and len(endpoints) >= 10, (total, endpoints)
