@@ -22,6 +22,7 @@ import uvicorn
 
 from rewardserve.api.grpc import GrpcServer
 from rewardserve.api.http import build_http_app
+from rewardserve.api.http.protocol import uvicorn_options
 from rewardserve.config import Settings
 from rewardserve.demo.paths import resolve_model_path
 from rewardserve.metrics import Metrics
@@ -136,6 +137,7 @@ class RewardServer:
             access_log=False,
             timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
             timeout_keep_alive=30,
+            **uvicorn_options(settings),  # connection limits, TLS (api/http/protocol.py)
         )
         self._http = _UvicornServer(config)
         self._grpc = GrpcServer(self.runtime)
@@ -254,6 +256,10 @@ async def serve(settings: Settings) -> int:
     except OSError as exc:  # a port that cannot be bound: say which, without a traceback
         log.error("%s", exc)
         return 1
-    log.info("HTTP on http://%s:%d", settings.host, server.http_port)
-    log.info("gRPC on %s:%d", settings.host, server.grpc_port)
+    tls = settings.tls_cert is not None
+    mtls = " (client certificates required)" if settings.tls_client_ca is not None else ""
+    log.info("HTTP on %s://%s:%d%s", "https" if tls else "http", settings.host, server.http_port, mtls)
+    log.info("gRPC on %s:%d%s%s", settings.host, server.grpc_port, " (TLS)" if tls else "", mtls)
+    if not settings.auth_enabled:
+        log.warning("no API key configured: every route is open to anyone who can reach the ports")
     return await server.wait()

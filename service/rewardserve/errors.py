@@ -10,7 +10,8 @@ Pure Python, no imports beyond the standard library: the client (no torch), the 
     │   ├── InvalidRequest
     │   │   └── InputError            (server: a field is wrong, an input too long)
     │   ├── ModelNotFound
-    │   ├── AuthError                 (client: the server refused the credentials)
+    │   ├── AuthError                 (no valid key: 401 / UNAUTHENTICATED)
+    │   │   └── Forbidden             (a valid key, not allowed this: 403 / PERMISSION_DENIED)
     │   └── NotSupported              (client: the server has no such endpoint)
     ├── capacity errors: retrying later (or elsewhere) can help
     │   ├── Overloaded
@@ -46,6 +47,7 @@ __all__ = [
     "DeadlineExceeded",
     "DemoBuildError",
     "Draining",
+    "Forbidden",
     "InputError",
     "InvalidRequest",
     "ModelNotFound",
@@ -118,8 +120,14 @@ class ModelNotFound(RewardServeError):
 
 
 class AuthError(RewardServeError):
-    """Raised by the client when the server refused the credentials (HTTP 401/403,
-    UNAUTHENTICATED/PERMISSION_DENIED)."""
+    """No valid credentials: raised by the server's auth layer (HTTP 401 + ``WWW-Authenticate:
+    Bearer``, UNAUTHENTICATED) and by the client when the server refused the credentials (HTTP
+    401/403, UNAUTHENTICATED/PERMISSION_DENIED)."""
+
+
+class Forbidden(AuthError):
+    """The caller is known but may not do this (a scoring key reloading weights, a weights path
+    outside the allowed root): HTTP 403 ``{"type": "forbidden"}``, PERMISSION_DENIED."""
 
 
 class NotSupported(RewardServeError):

@@ -11,7 +11,7 @@ from rewardserve.scoring.types import Message, ModelInfo, ScoreInput, ScoreOutpu
 
 
 class MessageIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     role: str = Field(min_length=1, max_length=64)
     content: str
 
@@ -19,7 +19,7 @@ class MessageIn(BaseModel):
 class InputIn(BaseModel):
     """One input: {prompt, response} | {messages} | {text}."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     prompt: str | None = None
     response: str | None = None
     messages: list[MessageIn] | None = None
@@ -47,7 +47,7 @@ class InputIn(BaseModel):
 
 
 class ScoreRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     model: str | None = None
     inputs: list[InputIn]
     truncate: bool = False
@@ -90,7 +90,7 @@ class ScoreResponse(BaseModel):
 class GetRewardRequest(BaseModel):
     """OpenRLHF's remote reward body. ``query`` is the full rendered prompt+response text."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     query: list[str] = Field(default_factory=list)
     prompts: list[str] | None = None
     labels: list[Any] | None = None
@@ -159,7 +159,7 @@ class ModelList(BaseModel):
 class PairIn(BaseModel):
     """One preference pair: two responses to the same prompt."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     prompt: str
     a: str
     b: str
@@ -170,7 +170,7 @@ class PairIn(BaseModel):
 
 
 class CompareRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     model: str | None = None
     pairs: list[PairIn]
     truncate: bool = False

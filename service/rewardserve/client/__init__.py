@@ -13,6 +13,7 @@ from rewardserve.client.balance import EndpointState, RetryEvent, RetryPolicy
 from rewardserve.client.errors import (
     AuthError,
     DeadlineExceeded,
+    Forbidden,
     InvalidRequest,
     ModelNotFound,
     NotSupported,
@@ -40,6 +41,7 @@ __all__ = [
     "CompareResult",
     "DeadlineExceeded",
     "EndpointState",
+    "Forbidden",
     "GenerateResponse",
     "Input",
     "InvalidRequest",

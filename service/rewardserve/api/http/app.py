@@ -6,15 +6,17 @@ V2 (``kserve.py``), error handlers (``errors.py``) and middleware (``middleware.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from rewardserve.api.auth import Authenticator
+from rewardserve.api.http.cancel import unless_disconnected
 from rewardserve.api.http.deps import RuntimeDep
 from rewardserve.api.http.errors import install_error_handlers
 from rewardserve.api.http.generation import router as generation_router
 from rewardserve.api.http.kserve import router as kserve_router
-from rewardserve.api.http.middleware import BodyLimit, RequestMetrics
+from rewardserve.api.http.middleware import Authenticate, BodyReader, RequestMetrics
 from rewardserve.api.schemas import (
     CompareRequest,
     CompareResponse,
@@ -61,19 +63,21 @@ async def models(runtime: RuntimeDep) -> ModelList:
 
 
 @router.post("/v1/score")
-async def score(body: ScoreRequest, runtime: RuntimeDep) -> ScoreResponse:
+async def score(body: ScoreRequest, request: Request, runtime: RuntimeDep) -> ScoreResponse:
     scoring = runtime.require_scoring()
     inputs = [i.to_input() for i in body.inputs]
-    outputs = await scoring.score(inputs, model=body.model, truncate=body.truncate)
+    work = scoring.score(inputs, model=body.model, truncate=body.truncate)
+    outputs = await unless_disconnected(request, work)
     return ScoreResponse.build(scoring.name, outputs, scoring.objectives)
 
 
 @router.post("/v1/compare")
-async def compare(body: CompareRequest, runtime: RuntimeDep) -> CompareResponse:
+async def compare(body: CompareRequest, request: Request, runtime: RuntimeDep) -> CompareResponse:
     # Bradley-Terry: P(a > b) = sigmoid(r_a - r_b); both sides scored in one call (same batches).
     scoring = runtime.require_scoring()
     pairs = [p.to_inputs() for p in body.pairs]
-    results = await scoring.compare(pairs, model=body.model, truncate=body.truncate)
+    work = scoring.compare(pairs, model=body.model, truncate=body.truncate)
+    results = await unless_disconnected(request, work)
     return CompareResponse(
         model=scoring.name,
         probabilities=[r.probability for r in results],
@@ -82,14 +86,15 @@ async def compare(body: CompareRequest, runtime: RuntimeDep) -> CompareResponse:
 
 
 @router.post("/get_reward")
-async def get_reward(body: GetRewardRequest, runtime: RuntimeDep) -> GetRewardResponse:
+async def get_reward(body: GetRewardRequest, request: Request, runtime: RuntimeDep) -> GetRewardResponse:
     # OpenRLHF's remote reward protocol: query is the full rendered text, scored as given.
     scoring = runtime.require_scoring()
     if body.prompts is not None and body.prompts and len(body.prompts) != len(body.query):
         raise InputError(f"prompts has {len(body.prompts)} items but query has {len(body.query)}")
     # Truncated rather than refused when too long, as OpenRLHF's own serve_rm does: a 422 in the
     # middle of a training run would stop the run for one long sample.
-    outputs = await scoring.score([ScoreInput(text=q) for q in body.query], truncate=True)
+    work = scoring.score([ScoreInput(text=q) for q in body.query], truncate=True)
+    outputs = await unless_disconnected(request, work)
     rewards = [o.score for o in outputs]
     logs = {"reward_tokens": [float(o.tokens) for o in outputs]}
     return GetRewardResponse(rewards=rewards, scores=rewards, extra_logs=logs)
@@ -103,7 +108,15 @@ def build_http_app(runtime: Runtime) -> FastAPI:
     app.include_router(router)  # health, metrics, /v1/models, /v1/score, /v1/compare, /get_reward
     app.include_router(generation_router)  # /v1/generate, /v1/rollout, /v1/generator/weights
     app.include_router(kserve_router)  # KServe V2 / Open Inference Protocol under /v2
-    app.add_middleware(BodyLimit, max_bytes=runtime.settings.max_body_bytes)
-    # Outermost, so a 413 from BodyLimit is counted too.
+    settings = runtime.settings
+    # Added innermost first: metrics see every answer, then keys are checked before a body is read.
+    app.add_middleware(
+        BodyReader,
+        max_bytes=settings.max_body_bytes,
+        timeout_s=settings.request_read_timeout_s,
+        max_depth=settings.max_json_depth,
+        max_header_bytes=settings.max_header_bytes,
+    )
+    app.add_middleware(Authenticate, authenticator=Authenticator(settings))
     app.add_middleware(RequestMetrics, metrics=runtime.metrics)
     return app
