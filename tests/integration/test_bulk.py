@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import logging
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
