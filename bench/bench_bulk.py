@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import random
 import subprocess
 import sys
@@ -34,6 +33,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
+
+from machine import machine_info, machine_line  # noqa: E402
 
 
 def build_log(model_dir: Path, path: Path, n: int, seed: int) -> int:
@@ -222,9 +223,7 @@ def main() -> None:
     tokens = runs["local"]["tokens"]
     report = {
         "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
+            **machine_info(),
             "load_avg_before": load_before,
             "load_avg_after": os.getloadavg(),
         },
@@ -235,8 +234,9 @@ def main() -> None:
         else None,
         "command": "python bench/bench_bulk.py " + " ".join(sys.argv[1:]),
     }
+    print(f"\n{machine_line(report['machine'])}")
     print(
-        f"\n{rows} rows, {tokens} tokens (mean {tokens / rows:.0f}/row), shards of {args.shard_rows}, "
+        f"{rows} rows, {tokens} tokens (mean {tokens / rows:.0f}/row), shards of {args.shard_rows}, "
         f"{os.cpu_count()} cores, torch threads {args.threads}, load average {load_before[0]:.1f}\n"
     )
     header = ("engine", "wall s", "scoring s", "rows/s", "tokens/s", "max |Δ| vs local")

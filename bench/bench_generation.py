@@ -35,7 +35,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import socket
 import statistics
@@ -55,6 +54,7 @@ sys.path.insert(0, str(HERE))
 
 from bench_scoring import _serve_and_load, build_workload  # noqa: E402
 from loadgen import CLIENTS, post_all  # noqa: E402
+from machine import machine_info, machine_line  # noqa: E402
 
 # Engine settings shared by every generation run (a) - (c): CPU-friendly, as the tests use.
 MAX_MODEL_LEN = 1024
@@ -419,13 +419,10 @@ def main() -> None:
         return
 
     report: dict[str, Any] = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        "machine": machine_info(),
         "command": "python bench/bench_generation.py " + " ".join(sys.argv[1:]),
     }
+    print(machine_line(report["machine"]))
     with tempfile.TemporaryDirectory() as tmp:
         if args.skip != "generation":
             report["generation"] = gen = bench_generation(args, Path(tmp))

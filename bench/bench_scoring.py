@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -40,6 +39,7 @@ from typing import Any
 import httpx
 
 from loadgen import CLIENTS, post_all, summarize
+from machine import machine_info, machine_line
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -361,11 +361,7 @@ def main() -> None:
         "a_over_f": a["tok_s"] / rows[5]["tok_s"],
     }
     report = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        "machine": machine_info(),
         "workload": {
             "requests": len(texts),
             "concurrency": args.concurrency,
@@ -378,8 +374,9 @@ def main() -> None:
         "client": args.client,
         "command": "python bench/bench_scoring.py " + " ".join(sys.argv[1:]),
     }
+    print(f"\n{machine_line(report['machine'])}")
     print(
-        f"\n{len(texts)} requests, {total_tokens} tokens (median {statistics.median(tokens):.0f}, "
+        f"{len(texts)} requests, {total_tokens} tokens (median {statistics.median(tokens):.0f}, "
         f"max {max(tokens)}), {args.concurrency} concurrent clients, {os.cpu_count()} cores\n"
     )
     header = ("server", "tok/s", "req/s", "p50 ms", "p99 ms", "peak RSS MB", "server CPU s", "client CPU s")

@@ -22,6 +22,7 @@ import uvicorn
 
 from rewardserve.api.grpc import GrpcServer
 from rewardserve.api.http import build_http_app
+from rewardserve.api.http.protocol import uvicorn_options
 from rewardserve.config import Settings
 from rewardserve.demo.paths import resolve_model_path
 from rewardserve.errors import ConfigError
@@ -186,6 +187,7 @@ class RewardServer:
             access_log=False,
             timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
             timeout_keep_alive=30,
+            **uvicorn_options(settings),  # connection limits, TLS (api/http/protocol.py)
         )
         self._http = _UvicornServer(config)
         self._grpc = GrpcServer(self.runtime)
@@ -256,6 +258,7 @@ class RewardServer:
         self.runtime.draining = True
         await self._grpc.begin_drain()  # health NOT_SERVING; new gRPC work gets UNAVAILABLE
         registry = self.runtime.registry
+        in_flight = (registry.in_flight if registry is not None else 0, self._generations_in_flight())
         timeout = self.settings.drain_timeout_s
         if registry is not None and not await registry.wait_idle(timeout):
             log.warning("drain timeout (%.0fs): %d calls still in flight", timeout, registry.in_flight)
@@ -274,6 +277,16 @@ class RewardServer:
         # and an engine it started must be stopped too, or its processes outlive us.
         if self.runtime.generation is not None:
             await self.runtime.generation.close()
+        if self._freeze_heap:
+            # Hand the start-up heap back to the collector: objects left frozen are never freed at
+            # exit, and native extensions with leak checks (triton's nanobind bindings, imported by
+            # torch._dynamo through transformers) print ~40 lines of "leaked ..." at interpreter exit.
+            gc.unfreeze()
+        log.info("shutdown complete: drained %d scoring and %d generation calls in flight", *in_flight)
+
+    def _generations_in_flight(self) -> int:
+        generation = self.runtime.generation
+        return generation.in_flight if generation is not None else 0
 
     async def stop(self) -> None:
         self.request_stop()
@@ -299,6 +312,10 @@ async def serve(settings: Settings) -> int:
     except OSError as exc:  # a port that cannot be bound: say which, without a traceback
         log.error("%s", exc)
         return 1
-    log.info("HTTP on http://%s:%d", settings.host, server.http_port)
-    log.info("gRPC on %s:%d", settings.host, server.grpc_port)
+    tls = settings.tls_cert is not None
+    mtls = " (client certificates required)" if settings.tls_client_ca is not None else ""
+    log.info("HTTP on %s://%s:%d%s", "https" if tls else "http", settings.host, server.http_port, mtls)
+    log.info("gRPC on %s:%d%s%s", settings.host, server.grpc_port, " (TLS)" if tls else "", mtls)
+    if not settings.auth_enabled:
+        log.warning("no API key configured: every route is open to anyone who can reach the ports")
     return await server.wait()

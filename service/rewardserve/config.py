@@ -10,15 +10,18 @@ wins over the environment. Nothing else in the package reads the environment: te
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from rewardserve.naming import ENV_PREFIX, setting_name
 
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+# A list read from one environment variable as comma-separated text (pydantic-settings would parse it as
+# JSON otherwise); the command line repeats the flag instead.
+KeyList = Annotated[list[str], NoDecode]
 BatchStrategy = Literal["auto", "packed", "padded", "sequential"]
 
 
@@ -123,6 +126,46 @@ class Settings(BaseSettings):
     """Largest gRPC message either way (gRPC's own default is 4 MiB, too small for big batches of long
     inputs). A larger request fails with RESOURCE_EXHAUSTED before it is parsed; each in-flight call
     may hold this much memory."""
+    max_json_depth: int = Field(default=64, ge=2, le=10_000)
+    """Deepest nesting of arrays/objects in a JSON body, checked on the raw bytes before parsing (a
+    deeply nested body would otherwise exhaust the parser's recursion). Over it: 422."""
+    input_chars_per_token: int = Field(default=32, ge=1, le=1024)
+    """Characters per input are capped at this x max_input_tokens (x 4 with truncate), checked before
+    the tokenizer sees the text: a longer text cannot fit, and tokenizing megabytes only to refuse
+    them would block scoring for seconds. Over it: 422."""
+    max_header_bytes: int = Field(default=65_536, ge=1024, le=16 * 1024 * 1024)
+    """Largest HTTP request line + headers; a larger one is refused (400) and the connection closed."""
+    request_read_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    """An HTTP connection must deliver a complete request head within this long of opening (or of
+    its previous answer), and the body within this long of the head (else 408); a connection that
+    sends nothing, or trickles, is closed instead of holding a slot."""
+    max_connections: int = Field(default=2048, ge=1, le=1_000_000)
+    """Concurrent HTTP connections (and requests) served; over it, 503 at once."""
+    grpc_max_concurrent_rpcs: int = Field(default=4096, ge=1, le=1_000_000)
+    """Concurrent gRPC calls; over it, RESOURCE_EXHAUSTED at once."""
+    stream_max_pending: int = Field(default=64, ge=1, le=100_000)
+    """ScoreStream: answers computed but not yet read by the client, per stream; at the limit the
+    server stops reading that stream's requests until the client reads (bounded memory)."""
+
+    # --- security (README "Security") --------------------------------------------------------
+    api_keys: KeyList = Field(default_factory=list)
+    """Keys that may call every route except weight reloads (Authorization: Bearer KEY; gRPC metadata
+    authorization). Repeat the flag; the environment variable is comma-separated. With no api or admin
+    key, no route needs one."""
+    admin_keys: KeyList = Field(default_factory=list)
+    """Keys that may also reload the policy weights. Repeat the flag; env comma-separated."""
+    metrics_auth: bool = False
+    """Require a key for /metrics too. Off: /metrics stays open for Prometheus scrapers."""
+    weights_root: Path | None = None
+    """Directory that policy weight reloads (/v1/generator/weights) may read from; a path resolving
+    outside it (symlinks and .. followed) is refused. Unset: reloads are refused."""
+    tls_cert: Path | None = None
+    """PEM certificate chain: serve HTTPS and gRPC over TLS on the same ports (with tls_key)."""
+    tls_key: Path | None = None
+    """PEM private key of tls_cert."""
+    tls_client_ca: Path | None = None
+    """PEM CA bundle: require client certificates signed by it (mutual TLS) on both ports."""
+
     drain_timeout_s: float = Field(default=30.0, ge=0, le=3600)
     """On SIGTERM: how long in-flight work may take to finish before the process exits anyway."""
     warmup: bool = True
@@ -158,6 +201,35 @@ class Settings(BaseSettings):
     generator_reload_timeout_s: float = Field(default=120.0, gt=0, le=86_400)
     """How long a weight reload waits for in-flight generation to finish before giving up (503, the old
     weights stay). New generation waits behind the reload meanwhile."""
+
+    @field_validator("api_keys", "admin_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list | tuple):
+            return [str(k).strip() for k in value if str(k).strip()]
+        return value
+
+    @field_validator("api_keys", "admin_keys")
+    @classmethod
+    def _check_keys(cls, keys: list[str]) -> list[str]:
+        for key in keys:  # the message never contains the key
+            if len(key) < 16 or any(c.isspace() or not c.isprintable() for c in key):
+                raise ValueError("each key needs at least 16 printable characters and no spaces or commas")
+        return keys
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys or self.admin_keys)
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError(f"{setting_name('tls_cert')} and {setting_name('tls_key')} go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError(f"{setting_name('tls_client_ca')} needs {setting_name('tls_cert')} too")
+        return self
 
     @model_validator(mode="after")
     def _check_budget(self) -> Settings:

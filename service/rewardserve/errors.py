@@ -10,7 +10,8 @@ Pure Python, no imports beyond the standard library: the client (no torch), the 
     │   ├── InvalidRequest
     │   │   └── InputError            (server: a field is wrong, an input too long)
     │   ├── ModelNotFound
-    │   ├── AuthError                 (client: the server refused the credentials)
+    │   ├── AuthError                 (no valid key: 401 / UNAUTHENTICATED)
+    │   │   └── Forbidden             (a valid key, not allowed this: 403 / PERMISSION_DENIED)
     │   └── NotSupported              (client: the server has no such endpoint)
     ├── capacity errors: retrying later (or elsewhere) can help
     │   ├── Overloaded
@@ -22,6 +23,8 @@ Pure Python, no imports beyond the standard library: the client (no torch), the 
     ├── internal signals, never shown to a client
     │   ├── OutOfMemory               (engine -> batcher: split the batch)
     │   └── ClientGone                (HTTP: the caller hung up)
+    ├── start-up
+    │   └── ConfigError               (the registry declaration or a reward function/judge is wrong)
     └── command-line jobs
         ├── BulkError
         ├── RowError
@@ -40,9 +43,11 @@ __all__ = [
     "AuthError",
     "BulkError",
     "ClientGone",
+    "ConfigError",
     "DeadlineExceeded",
     "DemoBuildError",
     "Draining",
+    "Forbidden",
     "InputError",
     "InvalidRequest",
     "ModelNotFound",
@@ -115,8 +120,14 @@ class ModelNotFound(RewardServeError):
 
 
 class AuthError(RewardServeError):
-    """Raised by the client when the server refused the credentials (HTTP 401/403,
-    UNAUTHENTICATED/PERMISSION_DENIED)."""
+    """No valid credentials: raised by the server's auth layer (HTTP 401 + ``WWW-Authenticate:
+    Bearer``, UNAUTHENTICATED) and by the client when the server refused the credentials (HTTP
+    401/403, UNAUTHENTICATED/PERMISSION_DENIED)."""
+
+
+class Forbidden(AuthError):
+    """The caller is known but may not do this (a scoring key reloading weights, a weights path
+    outside the allowed root): HTTP 403 ``{"type": "forbidden"}``, PERMISSION_DENIED."""
 
 
 class NotSupported(RewardServeError):
@@ -178,6 +189,16 @@ class ClientGone(RewardServeError):
     handler cancels the work and answers 499 to nobody."""
 
 
+# --- start-up -------------------------------------------------------------------------------------
+
+
+class ConfigError(RewardServeError, ValueError):
+    """The served-model declaration (--model / --config YAML, --reward-fn) is invalid: unknown or
+    duplicate names, a cycle, an ensemble member that is not a model, a bad normalization file, a
+    reward function that does not load, a judge choice that is not one token. Raised at start-up; the
+    message names the entry and says how to fix it."""
+
+
 # --- command-line jobs ----------------------------------------------------------------------------
 
 
@@ -198,11 +219,3 @@ class RowError(RewardServeError, ValueError):
 class DemoBuildError(RewardServeError, RuntimeError):
     """Raised when the demo model could not be built, or came out worse than
     ``demo.build.MIN_TEST_ACCURACY``."""
-
-
-# --- start-up ---------------------------------------------------------------------------------------
-
-
-class ConfigError(RewardServeError, ValueError):
-    """The served-model declaration (--model / --config YAML) is invalid: unknown or duplicate names,
-    a cycle, an ensemble member that is not a model, a bad normalization file. Raised at start-up."""

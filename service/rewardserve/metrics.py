@@ -269,6 +269,14 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        # Typed results (issue 15): every entry's results by status (ok | timeout | error |
+        # parse_failed), so a verifier that starts timing out shows up instead of hiding as zeros.
+        self.reward_results = Counter(
+            "rewardserve_reward_results",
+            "Inputs answered by a reward source, by entry and status (not ok = masked).",
+            ["model", "status"],
+            registry=r,
+        )
         self.queue_probes: dict[str, Callable[[], tuple[int, int]]] = {}
         self.correlations: dict[str, RollingCorrelation] = {}
         r.register(_LiveState(self))
@@ -287,6 +295,14 @@ class Metrics:
                 elif reward < 0:
                     negative.inc(-reward)
                 rc.add(reward, length)
+
+    def count_results(self, model: str, statuses: Iterable[str]) -> None:
+        """Count one call's results of entry ``model`` by status."""
+        counts: dict[str, int] = {}
+        for status in statuses:
+            counts[status] = counts.get(status, 0) + 1
+        for status, n in counts.items():
+            self.reward_results.labels(model, status).inc(n)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,6 +102,8 @@ def server_url(tiny_llama: Path) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[None]:
     ray = pytest.importorskip("ray")
+    # Ray's GCS gets 30 s to write its port file; on a loaded 2-core CI box it has taken longer.
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield

@@ -1,9 +1,11 @@
 """The built-in demo reward model: builds offline, beats the accuracy floor, caches, and scores sensibly.
 
-The build runs once per module (~15 s on a 2-core CPU). The held-out check deliberately does not reuse
-the builder's evaluation code: it reads pairs.jsonl itself and scores one sequence per forward with a
-plain ``BertForSequenceClassification`` (no padding, as the CPU serving path runs), so a bug shared by
-the builder's training and evaluation paths cannot hide.
+The build runs once per module (~1 min on a 2-core CPU). The held-out checks deliberately do not reuse
+the builder's evaluation code: they read the JSONL files themselves and score one sequence per forward
+with a plain ``BertForSequenceClassification`` (no padding, as the CPU serving path runs), so a bug
+shared by the builder's training and evaluation paths cannot hide. ``heldout_independent.jsonl`` was
+written apart from the training data, in other styles, and frozen before the recipe was tuned: its
+thresholds (85% overall, 75% per behaviour) are the demo's claim about pairs nobody here wrote.
 """
 
 from __future__ import annotations
@@ -24,6 +26,15 @@ from rewardserve.demo import ensure_demo_model
 from rewardserve.demo.build import MARKER_NAME, DemoReport, cache_key, demo_model_dir
 
 PAIRS_FILE = Path(str(files("rewardserve.demo").joinpath("pairs.jsonl")))
+INDEPENDENT_FILE = Path(str(files("rewardserve.demo").joinpath("heldout_independent.jsonl")))
+BEHAVIOURS = {
+    "helpful_vs_evasive",
+    "on_topic_vs_off_topic",
+    "polite_vs_rude",
+    "complete_vs_truncated",
+    "safe_refusal_vs_harmful",
+    "coherent_vs_degenerate",
+}
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +84,9 @@ def test_build_meets_accuracy_floor(built: tuple[Path, DemoReport, list[str]]) -
     assert report.test_accuracy >= 0.8, report
     assert report.train_accuracy >= report.test_accuracy - 0.05, report
     assert report.test_pairs >= 50 and report.train_pairs + report.test_pairs >= 260, report
-    assert report.seconds < 120, report
     assert any("held-out pairwise accuracy" in line for line in logs), logs
+    assert report.independent_pairs >= 120 and report.independent_accuracy >= 0.85, report
+    assert any("independent accuracy by behaviour" in line for line in logs), logs
 
 
 @pytest.mark.slow
@@ -117,6 +129,62 @@ def test_saved_model_prefers_chosen_on_held_out_pairs(scorer: Any) -> None:
     accuracy = sum(wins) / len(wins)
     misses = [r["prompt"] for r, won in zip(test_rows, wins, strict=True) if not won]
     assert accuracy >= 0.8, (accuracy, misses)
+
+
+@pytest.mark.slow
+def test_independent_held_out_set_meets_thresholds(scorer: Any) -> None:
+    rows = [json.loads(line) for line in INDEPENDENT_FILE.read_text(encoding="utf-8").splitlines() if line]
+    behaviours = {r["behaviour"] for r in rows}
+    assert behaviours == BEHAVIOURS
+    wins: dict[str, list[bool]] = {b: [] for b in behaviours}
+    misses = []
+    for r in rows:
+        won = scorer(r["prompt"], r["chosen"]) > scorer(r["prompt"], r["rejected"])
+        wins[r["behaviour"]].append(won)
+        if not won:
+            misses.append((r["behaviour"], r["prompt"], r["rejected"]))
+    assert all(len(w) >= 20 for w in wins.values()), {b: len(w) for b, w in wins.items()}
+    per_behaviour = {b: sum(w) / len(w) for b, w in wins.items()}
+    overall = sum(sum(w) for w in wins.values()) / len(rows)
+    assert overall >= 0.85, (overall, per_behaviour, misses)
+    assert min(per_behaviour.values()) >= 0.75, (per_behaviour, misses)
+
+
+@pytest.mark.slow
+def test_independent_set_is_not_in_the_training_data() -> None:
+    # The independent set must stay independent: no prompt or response of it may appear in the
+    # hand-written pairs or in the bank the generated pairs come from.
+    from rewardserve.demo.data import BANK_PATH
+
+    held = [json.loads(line) for line in INDEPENDENT_FILE.read_text(encoding="utf-8").splitlines() if line]
+    held_texts = {r[k] for r in held for k in ("prompt", "chosen", "rejected")}
+    written = [json.loads(line) for line in PAIRS_FILE.read_text(encoding="utf-8").splitlines() if line]
+    train_texts = {r[k] for r in written for k in ("prompt", "chosen", "rejected")}
+    for value in json.loads(BANK_PATH.read_text(encoding="utf-8")).values():
+        for entry in value:
+            train_texts.update(entry if isinstance(entry, list) else [entry])
+    assert not held_texts & train_texts
+
+
+@pytest.mark.slow
+def test_readme_example_ranks_correctly_through_the_engine(built: tuple[Path, DemoReport, list[str]]) -> None:
+    # The README's curl example, scored the way /v1/score scores it: through the serving engine.
+    from rewardserve.config import Settings
+    from rewardserve.scoring.engine import RewardEngine
+    from rewardserve.scoring.types import ScoreInput
+
+    model_dir = built[0]
+    engine = RewardEngine.load(model_dir, Settings(model=model_dir))
+    prompt = "What is 2+2?"
+    inputs = [
+        ScoreInput(prompt=prompt, response="2+2 equals 4."),
+        ScoreInput(prompt=prompt, response="Figure it out yourself."),
+    ]
+    encoded = [engine.encode(i, truncate=False) for i in inputs]
+    right, dismissive = (
+        out.score for out in engine.score_encoded(encoded, max_batch_tokens=4096, max_rows=8)
+    )
+    assert right > dismissive, (right, dismissive)
 
 
 @pytest.mark.slow

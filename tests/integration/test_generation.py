@@ -89,9 +89,12 @@ def other_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def served(tiny_llama: Path, tiny_policy: Path, other_policy: Path) -> AsyncIterator[Served]:
+async def served(
+    tiny_llama: Path, tiny_policy: Path, other_policy: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Served]:
     assert not _engine_pids()
     settings = Settings(
+        weights_root=tmp_path_factory.getbasetemp(),  # every checkpoint the tests build is under it
         model=tiny_llama,
         port=0,
         grpc_port=0,
@@ -452,8 +455,9 @@ async def test_reload_rejects_bad_checkpoints(
     served: Served, client: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     (tmp_path / "empty").mkdir()
+    missing = await client.post("/v1/generator/weights", json={"path": str(tmp_path / "missing")})
+    assert missing.status_code == 403 and missing.json()["type"] == "forbidden"  # as outside the root
     cases = {
-        str(tmp_path / "missing"): "not a directory",
         str(tmp_path / "empty"): "safetensors",
         str(served.reward_model): "does not match",  # a Llama, but another shape
     }

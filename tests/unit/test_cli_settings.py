@@ -74,6 +74,23 @@ def test_flag_values_reach_settings(captured: list[Settings], monkeypatch: pytes
     assert s.max_batch_tokens == Settings.model_fields["max_batch_tokens"].default  # not given: default
 
 
+def test_keys_repeat_on_the_command_line_and_split_in_the_environment(
+    captured: list[Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REWARDSERVE_ADMIN_KEYS", "admin-key-aaaaaaaaaa, admin-key-bbbbbbbbbb")
+    args = ["serve", "--api-key", "score-key-1111111111", "--api-key", "score-key-2222222222"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (s,) = captured
+    assert s.api_keys == ["score-key-1111111111", "score-key-2222222222"]
+    assert s.admin_keys == ["admin-key-aaaaaaaaaa", "admin-key-bbbbbbbbbb"]
+    assert s.auth_enabled
+    result = CliRunner().invoke(app, ["serve", "--api-key", "short"])
+    assert result.exit_code == 2
+    assert "short" not in result.output  # a key is never printed, even a bad one
+    assert "(REWARDSERVE_API_KEYS)" in result.output
+
+
 def test_out_of_bounds_names_the_flag_and_env_var(captured: list[Settings]) -> None:
     result = CliRunner().invoke(app, ["serve", "--max-queued-tokens", "1", "--device", "tpu"])
     assert result.exit_code == 2

@@ -7,9 +7,15 @@ import statistics
 
 import pytest
 
-from rewardserve.generation.rollout import group_stats, grpo_advantages, reward_input
+from rewardserve.generation.rollout import reward_input
 from rewardserve.generation.types import PromptInput
+from rewardserve.scoring.advantages import advantages_of_group, group_stats
 from rewardserve.scoring.types import Message, ScoreInput
+
+
+def grpo_advantages(rewards: list[float], eps: float) -> list[float]:
+    """What /v1/rollout computes with ``"advantages": true`` (scoring/advantages.py since issue 15)."""
+    return advantages_of_group(rewards, "grpo", eps)
 
 
 def test_group_stats_are_mean_and_sample_std() -> None:

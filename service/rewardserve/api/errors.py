@@ -14,6 +14,7 @@ from rewardserve.errors import (
     AuthError,
     DeadlineExceeded,
     Draining,
+    Forbidden,
     InvalidRequest,
     ModelNotFound,
     NotReady,
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 class ErrorInfo:
     http_status: int
     grpc_code: str  # grpc.StatusCode member name; kept as text so this module needs no grpc import
-    type: str  # validation | overloaded | unavailable | auth | timeout | not_found | internal
+    type: str  # validation | overloaded | unavailable | auth | forbidden | timeout | not_found | internal
     message: str
     retry_after_s: float | None = None
 
@@ -62,6 +63,7 @@ def _fixed(text: str) -> Callable[[BaseException], str]:
 _TABLE: tuple[tuple[type[BaseException], _Rule], ...] = (
     (InvalidRequest, _Rule(422, "INVALID_ARGUMENT", "validation", _own("invalid request"))),
     (ModelNotFound, _Rule(404, "NOT_FOUND", "not_found", _own("no such model"))),
+    (Forbidden, _Rule(403, "PERMISSION_DENIED", "forbidden", _own("not allowed"))),
     (AuthError, _Rule(401, "UNAUTHENTICATED", "auth", _own("authentication required"))),
     (NotSupported, _Rule(501, "UNIMPLEMENTED", "not_found", _own("not supported by this server"))),
     (Overloaded, _Rule(429, "RESOURCE_EXHAUSTED", "overloaded", _fixed(_CAPACITY))),

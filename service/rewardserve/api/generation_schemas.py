@@ -17,7 +17,7 @@ _Stop = Annotated[str, Field(min_length=1, max_length=256)]
 class GenerateRequest(BaseModel):
     """Prompts (text) or conversations, plus sampling parameters shared by all of them."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     model: str | None = None
     """Generator name (optional; the served policy)."""
     prompts: list[str] | None = None
@@ -199,7 +199,7 @@ class RolloutResponse(BaseModel):
 
 
 class WeightsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     path: str = Field(min_length=1, max_length=4096)
     """Checkpoint directory on the server (safetensors, same architecture as the served policy)."""
 

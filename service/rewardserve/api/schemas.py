@@ -11,7 +11,7 @@ from rewardserve.scoring.types import Message, RewardResult, ScoreInput
 
 
 class MessageIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     role: str = Field(min_length=1, max_length=64)
     content: str
 
@@ -20,7 +20,7 @@ class InputIn(BaseModel):
     """One input: {prompt, response} | {messages} | {text}; for a process reward model also
     {prompt, steps} or {messages, steps} (the steps are the assistant turn after the messages)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     prompt: str | None = None
     response: str | None = None
     messages: list[MessageIn] | None = None
@@ -64,7 +64,7 @@ StepReduceIn = Literal["min", "last", "mean", "prod"]
 
 
 class ScoreRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     model: ModelRef = None
     inputs: list[InputIn]
     truncate: bool = False
@@ -106,7 +106,7 @@ class ScoreResponse(BaseModel):
 class GetRewardRequest(BaseModel):
     """OpenRLHF's remote reward body. ``query`` is the full rendered prompt+response text."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     model: str | None = None  # a served name; /get_reward/{name} says the same for clients without it
     query: list[str] = Field(default_factory=list)
     prompts: list[str] | None = None
@@ -172,7 +172,7 @@ class ModelList(BaseModel):
 class PairIn(BaseModel):
     """One preference pair: two responses to the same prompt."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     prompt: str
     a: str
     b: str
@@ -183,7 +183,7 @@ class PairIn(BaseModel):
 
 
 class CompareRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     model: ModelRef = None
     pairs: list[PairIn]
     truncate: bool = False

@@ -24,7 +24,13 @@ from rewardserve.config import Settings
 from rewardserve.naming import setting_name
 
 # Flags that existed before the options were generated and that scripts use: kept as aliases.
-ALIASES: dict[str, tuple[str, ...]] = {"model_name": ("--name",)}
+ALIASES: dict[str, tuple[str, ...]] = {
+    "model_name": ("--name",),
+    "api_keys": ("--api-keys",),
+    "admin_keys": ("--admin-keys",),
+}
+# Repeatable options are named in the singular: --api-key A --api-key B.
+SINGULAR = {"api_keys": "--api-key", "admin_keys": "--admin-key"}
 # `--model` is repeatable on the command line: one bare PATH sets Settings.model (today's meaning),
 # otherwise the values go to Settings.models, ahead of any `--models` (see split_models).
 REPEATED = {"model": list[str]}
@@ -38,7 +44,7 @@ GENERATOR_PANEL = "Policy generation (vLLM)"
 
 def flag(field: str) -> str:
     """The option that sets Settings field ``field``."""
-    return "--" + field.replace("_", "-")
+    return SINGULAR.get(field) or "--" + field.replace("_", "-")
 
 
 def _option_type(annotation: Any) -> tuple[Any, str | None]:

@@ -13,6 +13,7 @@ from rewardserve.client.balance import EndpointState, RetryEvent, RetryPolicy
 from rewardserve.client.errors import (
     AuthError,
     DeadlineExceeded,
+    Forbidden,
     InvalidRequest,
     ModelNotFound,
     NotSupported,
@@ -41,6 +42,7 @@ __all__ = [
     "CompareResult",
     "DeadlineExceeded",
     "EndpointState",
+    "Forbidden",
     "GenerateResponse",
     "Input",
     "InvalidRequest",

@@ -7,8 +7,10 @@ Only the waiting differs between the two clients (threads and ``time.sleep`` vs.
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from rewardserve.client import errors
@@ -31,6 +33,33 @@ GRPC_SCHEMES = ("grpc", "grpcs")
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for https:// and grpcs:// servers with a private CA (``ca``), and the client's own
+    certificate and key when the server requires them (mutual TLS)."""
+
+    ca: str | Path | None = None
+    cert: str | Path | None = None
+    key: str | Path | None = None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca) if self.ca is not None else None)
+        if self.cert is not None:
+            context.load_cert_chain(str(self.cert), str(self.key) if self.key is not None else None)
+        return context
+
+    def read(self) -> tuple[bytes | None, bytes | None, bytes | None]:
+        """(ca, key, cert) bytes, as grpc.ssl_channel_credentials takes them."""
+        return tuple(Path(p).read_bytes() if p is not None else None for p in (self.ca, self.key, self.cert))  # type: ignore[return-value]
+
+
+def auth_headers(headers: Mapping[str, str] | None, api_key: str | None) -> dict[str, str] | None:
+    """``headers`` plus ``Authorization: Bearer api_key`` (sent as gRPC metadata too)."""
+    if api_key is None:
+        return dict(headers) if headers is not None else None
+    return {**(headers or {}), "Authorization": f"Bearer {api_key}"}
+
+
+@dataclass(frozen=True)
 class ClientConfig:
     timeout: float = 120.0
     connect_timeout: float = 5.0
@@ -40,6 +69,7 @@ class ClientConfig:
     max_concurrency: int = 8
     headers: Mapping[str, str] | None = None
     on_retry: Callable[[RetryEvent], None] | None = None
+    tls: TlsFiles | None = None
 
     def __post_init__(self) -> None:
         if self.timeout <= 0 or self.connect_timeout <= 0:

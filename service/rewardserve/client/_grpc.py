@@ -18,6 +18,7 @@ import grpc.aio
 
 from rewardserve._proto.rewardserve.v1 import generation_pb2, generation_pb2_grpc, reward_pb2, reward_pb2_grpc
 from rewardserve.client import errors
+from rewardserve.client._core import TlsFiles
 
 JSON = dict[str, Any]
 
@@ -39,7 +40,7 @@ _BY_CODE: dict[grpc.StatusCode, type[errors.RewardServeError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: errors.InvalidRequest,
     grpc.StatusCode.NOT_FOUND: errors.ModelNotFound,
     grpc.StatusCode.UNAUTHENTICATED: errors.AuthError,
-    grpc.StatusCode.PERMISSION_DENIED: errors.AuthError,
+    grpc.StatusCode.PERMISSION_DENIED: errors.Forbidden,
     grpc.StatusCode.UNIMPLEMENTED: errors.NotSupported,
     grpc.StatusCode.RESOURCE_EXHAUSTED: errors.Overloaded,
     grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
@@ -297,6 +298,13 @@ def _target(url: str) -> tuple[str, bool]:
     return rest.rstrip("/"), scheme == "grpcs"
 
 
+def _credentials(tls: TlsFiles | None) -> grpc.ChannelCredentials:
+    if tls is None:
+        return grpc.ssl_channel_credentials()
+    ca, key, cert = tls.read()
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
 def _metadata(headers: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
     return tuple((k.lower(), v) for k, v in (headers or {}).items())
 
@@ -304,11 +312,13 @@ def _metadata(headers: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
 class GrpcTransport:
     """Blocking gRPC to one server (a ``grpc.Channel`` is thread-safe)."""
 
-    def __init__(self, url: str, *, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, url: str, *, headers: Mapping[str, str] | None = None, tls: TlsFiles | None = None
+    ) -> None:
         self.url = url.rstrip("/")
         target, secure = _target(self.url)
         self._channel = (
-            grpc.secure_channel(target, grpc.ssl_channel_credentials(), options=CHANNEL_OPTIONS)
+            grpc.secure_channel(target, _credentials(tls), options=CHANNEL_OPTIONS)
             if secure
             else grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         )
@@ -333,17 +343,20 @@ class AsyncGrpcTransport:
     """Non-blocking gRPC to one server. The ``grpc.aio`` channel is created on first use, inside
     the event loop that will drive it (aio channels belong to the loop they are made in)."""
 
-    def __init__(self, url: str, *, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, url: str, *, headers: Mapping[str, str] | None = None, tls: TlsFiles | None = None
+    ) -> None:
         self.url = url.rstrip("/")
         self._channel: grpc.aio.Channel | None = None
         self._stubs: dict[str, Any] | None = None
         self._metadata = _metadata(headers)
+        self._tls = tls
 
     def _ensure(self) -> dict[str, Any]:
         if self._stubs is None:
             target, secure = _target(self.url)
             self._channel = (
-                grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(), options=CHANNEL_OPTIONS)
+                grpc.aio.secure_channel(target, _credentials(self._tls), options=CHANNEL_OPTIONS)
                 if secure
                 else grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
             )

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from rewardserve.client import errors
+from rewardserve.client._core import TlsFiles
 
 # op -> (method, path). The op names are shared with the gRPC transport.
 ROUTES: dict[str, tuple[str, str]] = {
@@ -47,7 +48,7 @@ def parse_retry_after(value: str | None) -> float | None:
 _BY_STATUS: dict[int, type[errors.RewardServeError]] = {
     400: errors.InvalidRequest,
     401: errors.AuthError,
-    403: errors.AuthError,
+    403: errors.Forbidden,
     404: errors.ModelNotFound,
     413: errors.InvalidRequest,
     422: errors.InvalidRequest,
@@ -119,11 +120,13 @@ class HttpTransport:
         connect_timeout: float,
         headers: Mapping[str, str] | None = None,
         max_connections: int = 64,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self._connect_timeout = connect_timeout
         self._client = httpx.Client(
             base_url=self.url,
+            verify=tls.ssl_context() if tls is not None else True,
             timeout=_timeouts(timeout, connect_timeout),
             headers=dict(headers or {}),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
@@ -156,11 +159,13 @@ class AsyncHttpTransport:
         connect_timeout: float,
         headers: Mapping[str, str] | None = None,
         max_connections: int = 64,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self._connect_timeout = connect_timeout
         self._client = httpx.AsyncClient(
             base_url=self.url,
+            verify=tls.ssl_context() if tls is not None else True,
             timeout=_timeouts(timeout, connect_timeout),
             headers=dict(headers or {}),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast
 
@@ -49,7 +50,7 @@ def _transport(url: str, config: _core.ClientConfig) -> _AsyncTransport:
     if url.startswith(_core.GRPC_SCHEMES):
         from rewardserve.client._grpc import AsyncGrpcTransport
 
-        return AsyncGrpcTransport(url, headers=config.headers)
+        return AsyncGrpcTransport(url, headers=config.headers, tls=config.tls)
     from rewardserve.client._http import AsyncHttpTransport
 
     return AsyncHttpTransport(
@@ -58,6 +59,7 @@ def _transport(url: str, config: _core.ClientConfig) -> _AsyncTransport:
         connect_timeout=config.connect_timeout,
         headers=config.headers,
         max_connections=max(16, 2 * config.max_concurrency),
+        tls=config.tls,
     )
 
 
@@ -80,6 +82,9 @@ class AsyncRewardClient:
     missing models and server errors are not retried either. Inputs beyond
     ``max_inputs_per_request`` are sent as several requests, up to ``max_concurrency`` at once, and
     the answers put back in order. ``on_retry`` is called before each retry (logging, metrics).
+    ``api_key`` is sent as ``Authorization: Bearer KEY`` (HTTP header, gRPC metadata). ``tls_ca``
+    verifies https/grpcs servers against a private CA; ``tls_cert`` and ``tls_key`` are the client's
+    certificate for servers that require one (mutual TLS).
     Use it from one event loop (its connections belong to that loop).
     """
 
@@ -95,6 +100,10 @@ class AsyncRewardClient:
         max_concurrency: int = 8,
         headers: Mapping[str, str] | None = None,
         on_retry: Callable[[RetryEvent], None] | None = None,
+        api_key: str | None = None,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
     ) -> None:
         self.config = _core.ClientConfig(
             timeout=timeout,
@@ -103,8 +112,9 @@ class AsyncRewardClient:
             cooloff_s=cooloff_s,
             max_inputs_per_request=max_inputs_per_request,
             max_concurrency=max_concurrency,
-            headers=headers,
+            headers=_core.auth_headers(headers, api_key),
             on_retry=on_retry,
+            tls=_core.TlsFiles(tls_ca, tls_cert, tls_key) if tls_ca or tls_cert else None,
         )
         self.urls = _core.parse_urls(urls)
         transports = [_transport(u, self.config) for u in self.urls]

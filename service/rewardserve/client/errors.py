@@ -12,6 +12,7 @@ from __future__ import annotations
 from rewardserve.errors import (
     AuthError,
     DeadlineExceeded,
+    Forbidden,
     InvalidRequest,
     ModelNotFound,
     NotSupported,
@@ -24,6 +25,7 @@ from rewardserve.errors import (
 __all__ = [
     "AuthError",
     "DeadlineExceeded",
+    "Forbidden",
     "InvalidRequest",
     "ModelNotFound",
     "NotSupported",

@@ -168,7 +168,8 @@ def reward_function(
     ``truncate`` (default on): an over-long sample is cut to the reward model's limit instead of
     failing the training step, as OpenRLHF's remote reward does. ``name``: the ``__name__`` TRL
     logs rewards under (give each function its own when passing several). ``client_options`` go
-    to ``RewardClient`` (``timeout``, ``retry``, ``max_inputs_per_request``...).
+    to ``RewardClient`` (``api_key`` for a server that requires one, ``tls_ca``, ``timeout``,
+    ``retry``, ``max_inputs_per_request``...).
     """
     cls = AsyncRewardFunction if asynchronous else RewardFunction
     return cls(url, model=model, truncate=truncate, as_text=as_text, name=name, client_options=client_options)

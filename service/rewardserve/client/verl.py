@@ -22,7 +22,8 @@ variable ``REWARDSERVE_URL`` (comma-separated for several). The environment is r
 the server (whose only reader is config.py): verl imports this module by path inside its own worker
 processes and hands the function nothing but the sample, so the process environment (set for the
 whole job, e.g. in Ray's ``runtime_env``) is the one channel for configuration that does not live in
-the dataset. ``extra_info["rewardserve_model"]`` names the reward model (default: the server's).
+the dataset. ``extra_info["rewardserve_model"]`` names the reward model (default: the server's). A server that
+requires an API key gets the environment variable ``REWARDSERVE_API_KEY`` (never the dataset).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ __all__ = [
 ]
 
 URL_ENV = "REWARDSERVE_URL"
+API_KEY_ENV = "REWARDSERVE_API_KEY"
 _PROMPT_KEYS = ("rewardserve_prompt", "prompt", "question")
 
 # One client per (server list) per process, shared by every call: verl calls compute_score once per
@@ -94,11 +96,15 @@ def to_input(solution_str: str, extra_info: Any) -> Input:
     return {"text": solution_str}
 
 
+def _api_key() -> str | None:
+    return os.environ.get(API_KEY_ENV) or None
+
+
 def _client(urls: tuple[str, ...]) -> RewardClient:
     with _lock:
         client = _clients.get(urls)
         if client is None:
-            client = _clients[urls] = RewardClient(list(urls))
+            client = _clients[urls] = RewardClient(list(urls), api_key=_api_key())
         return client
 
 
@@ -106,7 +112,7 @@ def _async_client(urls: tuple[str, ...]) -> AsyncRewardClient:
     per_loop = _async_clients.setdefault(asyncio.get_running_loop(), {})
     client = per_loop.get(urls)
     if client is None:
-        client = per_loop[urls] = AsyncRewardClient(list(urls))
+        client = per_loop[urls] = AsyncRewardClient(list(urls), api_key=_api_key())
     return client
 
 

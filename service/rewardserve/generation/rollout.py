@@ -5,19 +5,20 @@ Each sample is scored exactly as ``/v1/score`` would score the same pair: a text
 both through the reward model's own chat template (ScoringService does the rendering). All samples of
 a call go to the scorer in one request, so its batcher packs them together.
 
-Group statistics follow the GRPO implementations trainers use (TRL, verl): the mean and the sample
-standard deviation (ddof=1, ``torch.std``'s default) of each prompt's n rewards, and the advantage
-``(r - mean) / (std + eps)``. A group of one sample has std 0 (not NaN) and advantage 0.
+Group statistics and advantages come from ``scoring/advantages.py``, the same code ``/v1/score``'s
+``advantage`` uses: the mean and the sample standard deviation (ddof=1, as TRL and verl compute them) of
+each prompt's n rewards, and the GRPO advantage ``(r - mean) / (std + eps)``. A group of one sample has
+std 0 (not NaN) and advantage 0.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rewardserve.generation.service import GenerationService
 from rewardserve.generation.types import PromptInput, Sample, SamplingOptions
+from rewardserve.scoring.advantages import group_advantages, group_stats
 from rewardserve.scoring.service import ScoringService
 from rewardserve.scoring.types import Message, ScoreInput
 
@@ -45,23 +46,6 @@ class RolloutResult:
     weights_version: int
     reward_model: str
     reward_tokens: int
-
-
-def group_stats(rewards: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof=1; 0 for fewer than two rewards)."""
-    if not rewards:
-        raise ValueError("a group needs at least one reward")
-    mean = math.fsum(rewards) / len(rewards)
-    if len(rewards) < 2:
-        return mean, 0.0
-    var = math.fsum((r - mean) ** 2 for r in rewards) / (len(rewards) - 1)
-    return mean, math.sqrt(var)
-
-
-def grpo_advantages(rewards: Sequence[float], eps: float) -> list[float]:
-    """GRPO's group-normalised advantages ``(r - mean) / (std + eps)``."""
-    mean, std = group_stats(rewards)
-    return [(r - mean) / (std + eps) for r in rewards]
 
 
 def reward_input(prompt: PromptInput, response: str) -> ScoreInput:
@@ -101,7 +85,9 @@ async def rollout(
         rewards = [o.score for o in outs]
         mean, std = group_stats(rewards)
         advs: list[float | None] = (
-            list(grpo_advantages(rewards, eps)) if advantages else [None] * len(rewards)
+            group_advantages(rewards, [None] * len(rewards), "grpo", eps)
+            if advantages
+            else [None] * len(rewards)
         )
         groups.append(
             RolloutGroup(

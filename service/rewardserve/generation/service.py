@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import time
 import uuid
@@ -135,6 +136,26 @@ class GenerationService:
         sampled = sum(len(s.token_ids) for r in results for s in r.samples)
         self.metrics.generated_tokens.labels(self.name).inc(sampled)
         return GenerateResult(results=tuple(results), weights_version=version)
+
+    async def complete(self, prompt_ids: list[int], params: Any) -> Any:
+        """One already-tokenized prompt with caller-made vLLM ``SamplingParams``; the final
+        ``RequestOutput``. For judges: they build their own params (one token with the logprobs of
+        the choice tokens, or greedy text) and share this engine's admission, reload gate and
+        cancellation with policy sampling."""
+        if self._closed:
+            raise Draining("server is draining")
+        limit = self.engine.max_model_len
+        if len(prompt_ids) >= limit:
+            raise InputError(f"prompt is {len(prompt_ids)} tokens; the engine's max_model_len is {limit}")
+        async with self._admitted():
+            request_id = self._request_id()
+            final = None
+            async with self._tracked(request_id) as done:
+                async for out in self.engine.generate(request_id, prompt_ids, params):
+                    final = out
+                done()
+        assert final is not None, "vLLM ended a request without a final output"
+        return final
 
     async def open_stream(
         self, prompts: Sequence[PromptInput], opts: SamplingOptions, *, generator: str | None = None
@@ -342,7 +363,10 @@ async def _gather_or_cancel(coros: list[Any]) -> list[Any]:
 async def start_generation(settings: Settings, metrics: Metrics) -> GenerationService:
     """Start the vLLM engine for ``settings.generator`` (its blocking start-up runs in a thread, so
     the HTTP server keeps answering liveness meanwhile)."""
-    from rewardserve.generation.vllm_engine import VLLMEngine
+    # Importing vllm takes seconds; done inline it would block the event loop (and every health
+    # probe) just like the engine start-up itself, so it runs in the thread too.
+    await asyncio.to_thread(importlib.import_module, "rewardserve.generation.vllm_engine")
+    from rewardserve.generation.vllm_engine import VLLMEngine  # now cached: instant
 
     path = settings.generator
     if path is None:

@@ -73,6 +73,8 @@ def engine_args(path: Path, settings: Settings) -> AsyncEngineArgs:
         seed=settings.generator_seed,
         enforce_eager=on_cpu if eager is None else eager,
         trust_remote_code=settings.trust_remote_code,
+        # Weights are data, never code: pickled .bin/.pt checkpoints can run anything when loaded.
+        load_format="safetensors",
         # Stats loggers print a line every few seconds; our own metrics cover the service.
         disable_log_stats=True,
         enable_log_requests=False,

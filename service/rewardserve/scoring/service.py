@@ -19,6 +19,7 @@ from rewardserve.config import Settings
 from rewardserve.errors import InputError, ModelNotFound
 from rewardserve.inflight import InFlight
 from rewardserve.metrics import Metrics
+from rewardserve.naming import setting_name
 from rewardserve.scoring.batcher import Batcher, BatchStats
 from rewardserve.scoring.engine import Prepared
 from rewardserve.scoring.types import Encoded, ModelInfo, ScoreInput, ScoreOutput
@@ -158,6 +159,7 @@ class ScoringService:
             )
         if not inputs:
             return []
+        self._check_sizes(inputs, truncate)
         deadline = time.monotonic() + (timeout if timeout is not None else self.settings.request_timeout_s)
         self.batcher.check_admission()
         with self._calls.track():
@@ -188,6 +190,26 @@ class ScoringService:
             detail = str(exc).removeprefix(f"inputs[{exc.index}]: ")
             raise InputError(f"pairs[{exc.index // 2}].{'ab'[exc.index % 2]}: {detail}") from None
         return [Comparison.of(a, b) for a, b in zip(outputs[::2], outputs[1::2], strict=True)]
+
+    def max_input_chars(self, truncate: bool) -> int:
+        """Longest text accepted per input, before tokenizing (README "Security": bounded input)."""
+        cap = self.settings.input_chars_per_token * self.engine.max_input_tokens
+        return cap * 4 if truncate else cap
+
+    def _check_sizes(self, inputs: Sequence[ScoreInput], truncate: bool) -> None:
+        """Refuse a text no tokenizer call could accept, before any tokenizing: a 50 MB string took
+        minutes and gigabytes to tokenize only to be refused as too long."""
+        limit = self.max_input_chars(truncate)
+        for i, inp in enumerate(inputs):
+            chars = len(inp.prompt or "") + len(inp.response or "") + len(inp.text or "")
+            chars += sum(len(m.content) + len(m.role) for m in inp.messages or ())
+            if chars > limit:
+                raise InputError(
+                    f"{chars} characters; the limit is {limit} (input_chars_per_token x max_input_tokens"
+                    f"{' x 4 with truncate' if truncate else ''}). Raise "
+                    f"{setting_name('input_chars_per_token')} or {setting_name('max_input_tokens')}",
+                    index=i,
+                )
 
     def _on_batch(self, stats: BatchStats) -> None:
         m, name = self.metrics, self.name

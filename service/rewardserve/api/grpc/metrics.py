@@ -24,9 +24,10 @@ import grpc.aio
 from rewardserve.metrics import Metrics
 
 # Status codes that mean "refused" and their reason label: the same words HTTP uses for its
-# statuses (401 auth, 422 validation, 429 overloaded, 503 unavailable, 504 timeout).
+# statuses (401 auth, 403 forbidden, 422 validation, 429 overloaded, 503 unavailable, 504 timeout).
 REJECTED_REASONS: dict[grpc.StatusCode, str] = {
     grpc.StatusCode.UNAUTHENTICATED: "auth",
+    grpc.StatusCode.PERMISSION_DENIED: "forbidden",
     grpc.StatusCode.INVALID_ARGUMENT: "validation",
     grpc.StatusCode.RESOURCE_EXHAUSTED: "overloaded",
     grpc.StatusCode.UNAVAILABLE: "unavailable",

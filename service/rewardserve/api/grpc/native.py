@@ -26,10 +26,6 @@ from rewardserve.scoring.types import Reduce, RewardResult, ScoreInput, ScoreOpt
 # grpc ships no type hints: this documents what the handlers get.
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
-# Messages of one ScoreStream being scored at once. When it is full the stream is not read further,
-# so HTTP/2 flow control pushes back on the client instead of the server buffering without bound.
-STREAM_WINDOW = 256
-
 
 def to_input(msg: reward_pb2.Input, index: int) -> ScoreInput:
     """A proto Input -> ScoreInput, with the HTTP schema's rules (exactly one kind, both halves of a
@@ -176,10 +172,13 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         self, requests: AsyncIterator[reward_pb2.ScoreStreamRequest], context: Context
     ) -> AsyncIterator[reward_pb2.ScoreStreamResponse]:
         """Each message is its own scoring call (the batcher batches them with everything else);
-        answers are written as they complete. Up to STREAM_WINDOW messages are in flight. Once the
+        answers are written as they complete. At most ``stream_max_pending`` messages are taken and not
+        yet answered (being scored, or scored and waiting for the client to read): at the limit the
+        stream is not read further, so HTTP/2 flow control pushes back on a client that sends without
+        reading, instead of the server buffering its answers without bound. Once the
         server drains, the stream stops reading, answers what it took, and ends with UNAVAILABLE."""
         answers: asyncio.Queue[reward_pb2.ScoreStreamResponse | None] = asyncio.Queue()
-        window = asyncio.Semaphore(STREAM_WINDOW)
+        window = asyncio.Semaphore(self.runtime.settings.stream_max_pending)
         pending: set[asyncio.Task[None]] = set()
         drained = False
 
@@ -191,8 +190,6 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
                 code, info = error_info(exc)
                 error = reward_pb2.Error(code=code.value[0], message=info.message)
                 answers.put_nowait(reward_pb2.ScoreStreamResponse(id=msg.id, error=error))
-            finally:
-                window.release()
 
         async def read() -> None:
             nonlocal drained
@@ -228,7 +225,8 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         reader = asyncio.create_task(read())
         try:
             while (response := await answers.get()) is not None:
-                yield response
+                yield response  # returns once grpc took the message: then its slot frees
+                window.release()
             await reader  # re-raises a failure to read the stream
             if drained:
                 raise NotReady("server is draining; resend unanswered messages to another replica")

@@ -27,11 +27,14 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from rewardserve._proto.inference import grpc_service_pb2 as kserve_pb2
 from rewardserve._proto.inference import grpc_service_pb2_grpc as kserve_grpc
 from rewardserve._proto.rewardserve.v1 import generation_pb2, generation_pb2_grpc, reward_pb2, reward_pb2_grpc
+from rewardserve.api.auth import Authenticator
+from rewardserve.api.grpc.auth import AuthInterceptor
 from rewardserve.api.grpc.generation import GenerationServicer
 from rewardserve.api.grpc.kserve import KServeServicer
 from rewardserve.api.grpc.metrics import RequestMetricsInterceptor
 from rewardserve.api.grpc.native import RewardServicer
 from rewardserve.api.grpc.status import ErrorInterceptor
+from rewardserve.config import Settings
 from rewardserve.runtime import Runtime
 
 NATIVE_SERVICE = reward_pb2.DESCRIPTOR.services_by_name["RewardService"].full_name
@@ -62,6 +65,19 @@ def _reflection_pool() -> descriptor_pool.DescriptorPool:
     return pool
 
 
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from --tls-cert/--tls-key (client certificates required with --tls-client-ca),
+    or None for a plain listener."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca is not None else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
+
+
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -81,8 +97,15 @@ class GrpcServer:
         settings = self.runtime.settings
         limit = settings.grpc_max_message_bytes
         server = grpc.aio.server(
-            # Metrics first: the outermost layer sees the status after ErrorInterceptor mapped it.
-            interceptors=[RequestMetricsInterceptor(self.runtime.metrics), ErrorInterceptor(SERVICES)],
+            # Metrics first: the outermost layer sees the status after the others mapped it; keys are
+            # checked before any handler runs.
+            interceptors=[
+                RequestMetricsInterceptor(self.runtime.metrics),
+                AuthInterceptor(Authenticator(settings)),
+                ErrorInterceptor(SERVICES),
+            ],
+            # Over it, new calls get RESOURCE_EXHAUSTED at once instead of queueing without bound.
+            maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -106,7 +129,11 @@ class GrpcServer:
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         address = _address(settings.host, settings.grpc_port)
         try:
-            self.port = server.add_insecure_port(address)
+            credentials = server_credentials(settings)
+            if credentials is None:
+                self.port = server.add_insecure_port(address)
+            else:  # TLS only: no plain listener is left on the port
+                self.port = server.add_secure_port(address, credentials)
         except RuntimeError as exc:
             raise OSError(
                 f"gRPC cannot listen on {address} ({exc}); is the port taken? Choose another with "

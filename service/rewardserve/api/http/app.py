@@ -6,16 +6,18 @@ V2 (``kserve.py``), error handlers (``errors.py``) and middleware (``middleware.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from rewardserve.api import routing
+from rewardserve.api.auth import Authenticator
+from rewardserve.api.http.cancel import unless_disconnected
 from rewardserve.api.http.deps import RuntimeDep
 from rewardserve.api.http.errors import install_error_handlers
 from rewardserve.api.http.generation import router as generation_router
 from rewardserve.api.http.kserve import router as kserve_router
-from rewardserve.api.http.middleware import BodyLimit, RequestMetrics
+from rewardserve.api.http.middleware import Authenticate, BodyReader, RequestMetrics
 from rewardserve.api.schemas import (
     CompareRequest,
     CompareResponse,
@@ -63,19 +65,21 @@ async def models(runtime: RuntimeDep) -> ModelList:
 
 
 @router.post("/v1/score")
-async def score(body: ScoreRequest, runtime: RuntimeDep) -> ScoreResponse:
+async def score(body: ScoreRequest, request: Request, runtime: RuntimeDep) -> ScoreResponse:
     inputs = [i.to_input() for i in body.inputs]
     opts = routing.options(truncate=body.truncate, reduce=body.reduce, step_reduce=body.step_reduce)
-    source, results = await routing.score(runtime, body.model, inputs, opts)
+    work = routing.score(runtime, body.model, inputs, opts)
+    source, results = await unless_disconnected(request, work)
     return ScoreResponse.build(source.name, results)
 
 
 @router.post("/v1/compare")
-async def compare(body: CompareRequest, runtime: RuntimeDep) -> CompareResponse:
+async def compare(body: CompareRequest, request: Request, runtime: RuntimeDep) -> CompareResponse:
     # Bradley-Terry: P(a > b) = sigmoid(r_a - r_b); both sides scored in one call (same batches).
     pairs = [p.to_inputs() for p in body.pairs]
     opts = routing.options(truncate=body.truncate, reduce=body.reduce, step_reduce=body.step_reduce)
-    source, results = await routing.compare(runtime, body.model, pairs, opts)
+    work = routing.compare(runtime, body.model, pairs, opts)
+    source, results = await unless_disconnected(request, work)
     return CompareResponse(
         model=source.name,
         probabilities=[r.probability for r in results],
@@ -84,26 +88,31 @@ async def compare(body: CompareRequest, runtime: RuntimeDep) -> CompareResponse:
 
 
 @router.post("/get_reward")
-async def get_reward(body: GetRewardRequest, runtime: RuntimeDep) -> GetRewardResponse:
+async def get_reward(body: GetRewardRequest, request: Request, runtime: RuntimeDep) -> GetRewardResponse:
     # OpenRLHF's remote reward protocol: query is the full rendered text, scored as given.
-    return await _get_reward(body, body.model, runtime)
+    return await _get_reward(body, body.model, request, runtime)
 
 
 @router.post("/get_reward/{name}")
-async def get_reward_named(name: str, body: GetRewardRequest, runtime: RuntimeDep) -> GetRewardResponse:
+async def get_reward_named(
+    name: str, body: GetRewardRequest, request: Request, runtime: RuntimeDep
+) -> GetRewardResponse:
     # The same, for clients that cannot add a field to the body (OpenRLHF's remote_rm_url).
     if body.model is not None and body.model != name:
         raise InputError(f'the path names model {name!r} but the body says "model": {body.model!r}')
-    return await _get_reward(body, name, runtime)
+    return await _get_reward(body, name, request, runtime)
 
 
-async def _get_reward(body: GetRewardRequest, model: str | None, runtime: Runtime) -> GetRewardResponse:
+async def _get_reward(
+    body: GetRewardRequest, model: str | None, request: Request, runtime: Runtime
+) -> GetRewardResponse:
     if body.prompts is not None and body.prompts and len(body.prompts) != len(body.query):
         raise InputError(f"prompts has {len(body.prompts)} items but query has {len(body.query)}")
     # Truncated rather than refused when too long, as OpenRLHF's own serve_rm does: a 422 in the
     # middle of a training run would stop the run for one long sample.
     inputs = [ScoreInput(text=q) for q in body.query]
-    _, results = await routing.score(runtime, model, inputs, routing.options(truncate=True))
+    work = routing.score(runtime, model, inputs, routing.options(truncate=True))
+    _, results = await unless_disconnected(request, work)
     rewards = [r.score for r in results]
     logs = {"reward_tokens": [float(r.tokens) for r in results]}
     return GetRewardResponse(rewards=rewards, scores=rewards, extra_logs=logs)
@@ -117,7 +126,15 @@ def build_http_app(runtime: Runtime) -> FastAPI:
     app.include_router(router)  # health, metrics, /v1/models, /v1/score, /v1/compare, /get_reward
     app.include_router(generation_router)  # /v1/generate, /v1/rollout, /v1/generator/weights
     app.include_router(kserve_router)  # KServe V2 / Open Inference Protocol under /v2
-    app.add_middleware(BodyLimit, max_bytes=runtime.settings.max_body_bytes)
-    # Outermost, so a 413 from BodyLimit is counted too.
+    settings = runtime.settings
+    # Added innermost first: metrics see every answer, then keys are checked before a body is read.
+    app.add_middleware(
+        BodyReader,
+        max_bytes=settings.max_body_bytes,
+        timeout_s=settings.request_read_timeout_s,
+        max_depth=settings.max_json_depth,
+        max_header_bytes=settings.max_header_bytes,
+    )
+    app.add_middleware(Authenticate, authenticator=Authenticator(settings))
     app.add_middleware(RequestMetrics, metrics=runtime.metrics)
     return app

@@ -9,18 +9,18 @@ nobody).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, Awaitable
-from pathlib import Path
-from typing import Any, TypeVar
+import logging
+from collections.abc import AsyncGenerator
+from typing import Any
 
 import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from rewardserve.api.auth import Caller, allowed_weights_path
 from rewardserve.api.errors import classify
 from rewardserve.api.generation_schemas import (
     GenerateRequest,
@@ -30,38 +30,14 @@ from rewardserve.api.generation_schemas import (
     WeightsRequest,
     WeightsResponse,
 )
+from rewardserve.api.http.cancel import CLIENT_GONE, unless_disconnected, wait_disconnect
 from rewardserve.api.http.deps import RuntimeDep
 from rewardserve.errors import ClientGone
 from rewardserve.generation.service import GenerationStream
 
-T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 router = APIRouter()
-
-# nginx's code for "client closed the request": nobody reads it, but logs and metrics should not
-# count a walk-away as a success or a server error.
-_CLIENT_GONE = 499
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Run ``work``; cancel it (and so abort its vLLM requests) if the client disconnects first.
-    The body has been read by now, so the next ASGI message is the disconnect (or nothing)."""
-    task = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(_wait_disconnect(request.receive))
-    try:
-        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            return task.result()
-        raise ClientGone
-    finally:
-        for t in (task, watch):
-            t.cancel()
-        await asyncio.gather(task, watch, return_exceptions=True)
 
 
 class EventStream(StreamingResponse):
@@ -88,7 +64,7 @@ class EventStream(StreamingResponse):
                     tg.cancel_scope.cancel()
 
                 tg.start_soon(stream)
-                await _wait_disconnect(receive)
+                await wait_disconnect(receive)
                 tg.cancel_scope.cancel()
         finally:
             await self._events.aclose()
@@ -138,9 +114,9 @@ async def generate(body: GenerateRequest, request: Request, runtime: RuntimeDep)
         stream = await gen.open_stream(prompts, opts, generator=body.model)
         return EventStream(_sse(stream, gen.name))
     try:
-        result = await _unless_disconnected(request, gen.generate(prompts, opts, generator=body.model))
+        result = await unless_disconnected(request, gen.generate(prompts, opts, generator=body.model))
     except ClientGone:
-        return Response(status_code=_CLIENT_GONE)
+        return Response(status_code=CLIENT_GONE)
     return JSONResponse(GenerateResponse.build(gen.name, result).model_dump())
 
 
@@ -162,15 +138,24 @@ async def rollout(body: RolloutRequest, request: Request, runtime: RuntimeDep) -
         eps=body.eps,
     )
     try:
-        result = await _unless_disconnected(request, work)
+        result = await unless_disconnected(request, work)
     except ClientGone:
-        return Response(status_code=_CLIENT_GONE)
+        return Response(status_code=CLIENT_GONE)
     return JSONResponse(RolloutResponse.build(gen.name, result).model_dump())
 
 
 @router.post("/v1/generator/weights")
-async def reload_weights(body: WeightsRequest, runtime: RuntimeDep) -> WeightsResponse:
-    """Load a same-architecture checkpoint into the running policy; new generation waits meanwhile."""
-    gen = runtime.require_generation()
-    version = await gen.reload_weights(Path(body.path))
+async def reload_weights(body: WeightsRequest, request: Request, runtime: RuntimeDep) -> WeightsResponse:
+    """Load a same-architecture checkpoint into the running policy; new generation waits meanwhile.
+    Admin key only (when keys are configured), and only from inside --weights-root."""
+    caller: Caller | None = request.scope.get("state", {}).get("caller")
+    who = caller.key_id if caller is not None else "-"
+    gen = runtime.require_generation()  # 404 on a scoring-only server, whatever the path
+    try:
+        path = allowed_weights_path(runtime.settings.weights_root, body.path)
+        version = await gen.reload_weights(path)
+    except Exception as exc:
+        log.warning("weights reload by key %s from %r: refused (%s)", who, body.path, type(exc).__name__)
+        raise
+    log.info("weights reload by key %s from %r: loaded, version %d", who, body.path, version)
     return WeightsResponse(model=gen.name, weights_version=version)

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rewardserve.api import kserve
+from rewardserve.api.http.cancel import unless_disconnected
 from rewardserve.api.http.deps import RuntimeDep
 from rewardserve.api.schemas import validation_message
 from rewardserve.errors import InputError
@@ -29,7 +30,7 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 class _TensorIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: str
     datatype: str
     shape: list[int]
@@ -38,13 +39,13 @@ class _TensorIn(BaseModel):
 
 
 class _OutputIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: str
     parameters: dict[str, Any] = {}
 
 
 class _InferIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     id: str | None = None
     parameters: dict[str, Any] = {}
     inputs: list[_TensorIn]
@@ -137,7 +138,7 @@ async def _infer(runtime: Runtime, request: Request, name: str, version: str) ->
     body, tensors = _parse(await request.body(), request.headers.get(HEADER_LENGTH))
     wanted = body.outputs or []
     binary_default = _bool_param(body.parameters, "binary_data_output")
-    model, outputs = await kserve.infer(
+    work = kserve.infer(
         runtime,
         name,
         version,
@@ -145,6 +146,7 @@ async def _infer(runtime: Runtime, request: Request, name: str, version: str) ->
         [o.name for o in wanted],
         truncate=_bool_param(body.parameters, "truncate"),
     )
+    model, outputs = await unless_disconnected(request, work)
     binary_for = {
         o.name: _bool_param(o.parameters, "binary_data") for o in wanted if "binary_data" in o.parameters
     }
