@@ -1,8 +1,9 @@
 """How an HTTP handler reaches the services: the one FastAPI dependency, ``RuntimeDep``.
 
 ``build_http_app`` stores the Runtime on the app; every route (native, generation, KServe) declares
-``runtime: RuntimeDep`` and calls ``runtime.require_scoring()`` / ``require_generation()``, which
-answer 503/404 while loading, draining, or when no generator is configured.
+``runtime: RuntimeDep`` and calls ``runtime.require_registry()`` (scoring routes, through
+api/routing.py) / ``require_generation()``, which answer 503/404 while loading, draining, or when no
+generator is configured.
 """
 
 from __future__ import annotations
