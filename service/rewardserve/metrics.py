@@ -215,13 +215,6 @@ class Metrics:
             ["model"],
             registry=r,
         )
-        self.entry_inputs = Counter(
-            "rewardserve_entry_inputs",
-            "Inputs scored through each registry entry a request named (declared names, and `adhoc` "
-            "for request-given weights), by kind and result status (ok, or why it was masked).",
-            ["model", "kind", "status"],
-            registry=r,
-        )
         self.rejected = Counter(
             "rewardserve_rejected",
             "Requests refused, by reason (error type).",

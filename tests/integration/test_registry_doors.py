@@ -378,12 +378,7 @@ def test_metrics_carry_every_entry_name(http: httpx.Client) -> None:
     _score(http, {"model": "blend", "inputs": [{"prompt": "q", "response": "a"}]})
     _score(http, {"model": {"helpful": 2.0}, "inputs": [{"prompt": "q", "response": "a"}]})
     text = http.get("/metrics").text
-    for name, kind in (
-        ("blend", "composite"),
-        ("adhoc", "composite"),
-        ("ens", "ensemble"),
-        ("safety", "model"),
-    ):
-        assert f'rewardserve_entry_inputs_total{{kind="{kind}",model="{name}",status="ok"}}' in text
+    for name in ("blend", "adhoc", "ens", "safety"):
+        assert f'rewardserve_reward_results_total{{model="{name}",status="ok"}}' in text
     assert 'rewardserve_reward_count{model="blend"}' in text
     assert 'rewardserve_inputs_scored_total{model="safety"}' in text

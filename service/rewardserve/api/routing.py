@@ -60,15 +60,13 @@ async def compare(
 def _record(
     runtime: Runtime, source: RewardSource, inputs: Sequence[ScoreInput], results: Sequence[RewardResult]
 ) -> None:
-    """Per-entry counts under the entry's name (bounded: declared names and "adhoc"). An entry with a
+    """Per-entry counts under the entry's name (bounded: declared names and "adhoc"):
+    rewardserve_reward_results_total{model, status}. TODO(merge, issue 15 wiring): FunctionSource and
+    the judge count their own results too; once they are registry entries, count in one place. An entry with a
     batcher of its own (a model) records its reward distribution there; for the others (ensembles,
     composites, ...) the distribution is recorded here, so every entry has one."""
     m = runtime.metrics
-    statuses: dict[str, int] = {}
-    for r in results:
-        statuses[r.status] = statuses.get(r.status, 0) + 1
-    for status, n in statuses.items():
-        m.entry_inputs.labels(source.name, source.kind, status).inc(n)
+    m.count_results(source.name, [r.status for r in results])
     if getattr(source, "service", None) is None:
         scored = [(r.score, i) for r, i in zip(results, inputs, strict=True) if r.score is not None]
         m.observe_rewards(source.name, [s for s, _ in scored], [float(_length(i)) for _, i in scored])
