@@ -8,6 +8,11 @@ Design (ARCHITECTURE.md, "The batcher"; TEI ``core/src/queue.rs``, Ray Serve ``_
 * ``submit`` is one request of N items. Admission is decided before anything is enqueued (bounded
   queued requests and queued tokens, TEI's ``try_acquire``), so overload costs one comparison. The
   caller awaits ONE future for the whole request; each item writes its slot and the last one resolves it.
+  ``admit`` takes the slot earlier, at the call's arrival (before tokenizing), with an estimate of
+  its tokens; the slot is held until the answer. It also bounds the queue in TIME: with a measured
+  throughput (tokens per second, a moving average over batches), a call whose estimated wait
+  (tokens admitted ahead of it / throughput) exceeds ``max_queue_wait_s`` is refused at once, so
+  overload is answered with fast 429s and admitted calls wait a few seconds at most.
 * A *former* task pops items FIFO while ``batch_cost`` stays within the token budget and the row cap
   (the first item that does not fit stays at the head), then ``prepare``s the batch on the "prepare"
   thread. A *runner* task ``run``s it on the "compute" thread. Between them is a channel of size one
@@ -27,23 +32,29 @@ Design (ARCHITECTURE.md, "The batcher"; TEI ``core/src/queue.rs``, Ray Serve ``_
 * Every future is resolved at most once (``done()`` is checked first: Ray #41057 killed its loop by
   skipping that) and, on every path, at least once: both loops catch everything but cancellation,
   ``close`` fails whatever is left, and counters are only ever changed by ``_unqueue``/``submit``.
+* ``check_result`` (optional) vets each result: an exception it returns fails that item's request
+  only (a NaN reward), never its batch mates.
+* For the watchdog: ``stalled_seconds`` is how long the oldest running ``run`` has been at it, and
+  ``dead`` says why a loop stopped unexpectedly (the batcher then refuses everything).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from rewardserve.errors import DeadlineExceeded, Draining, OutOfMemory, Overloaded
+from rewardserve.errors import DeadlineExceeded, Draining, InputError, OutOfMemory, Overloaded
 from rewardserve.naming import setting_name
 
-__all__ = ["BatchStats", "Batcher"]
+__all__ = ["Admission", "BatchStats", "Batcher"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +75,14 @@ class BatchStats:
     queue_seconds: list[float]  # per item: from submit to the start of the run that computed it
     prepare_seconds: float
     run_seconds: float
+
+
+@dataclass(eq=False)
+class Admission:
+    """A call's admission slot (``Batcher.admit``): held from arrival to answer, with the tokens it
+    reserves (an estimate until the call is tokenized, then the real count)."""
+
+    tokens: int
 
 
 @dataclass(eq=False)
@@ -121,6 +140,8 @@ class Batcher(Generic[T, P, R]):
         on_batch: Callable[[BatchStats], None] | None = None,
         name: str = "default",
         workers: int = 1,
+        max_queue_wait_s: float | None = None,
+        check_result: Callable[[int, R], Exception | None] | None = None,
     ) -> None:
         for what, value in (
             ("workers", workers),
@@ -142,6 +163,15 @@ class Batcher(Generic[T, P, R]):
         self._on_batch = on_batch
         self._name = name
         self._workers = workers
+        self._max_queue_wait_s = max_queue_wait_s
+        self._check_result = check_result
+        self._admitted = 0  # calls holding an admission slot (admit): tokenizing, queued or running
+        self._admitted_tokens = 0  # tokens they reserve
+        self._tokens_per_s: float | None = None  # measured throughput (moving average), None until known
+        self._running: dict[int, float] = {}  # run id -> monotonic start, for the watchdog
+        self._run_ids = itertools.count()
+        self.dead: str | None = None
+        """Why a batcher loop stopped unexpectedly (None while healthy)."""
         self._queue: deque[_Item[T, R]] = deque()
         self._requests: set[_Request[T, R]] = set()
         self._queued_items = 0
@@ -182,6 +212,22 @@ class Batcher(Generic[T, P, R]):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def admitted(self) -> int:
+        """Calls holding an admission slot (from ``admit`` to their answer)."""
+        return self._admitted
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Measured throughput (None before the first batch)."""
+        return self._tokens_per_s
+
+    def stalled_seconds(self, now: float | None = None) -> float:
+        """How long the oldest ``run`` still running has been running (0 when none is)."""
+        if not self._running:
+            return 0.0
+        return (time.monotonic() if now is None else now) - min(self._running.values())
 
     # --- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -229,22 +275,76 @@ class Batcher(Generic[T, P, R]):
         """Raise ``Draining`` or ``Overloaded`` now, before the caller spends time tokenizing."""
         if self._closed:
             raise Draining(_SHUTTING_DOWN)
-        if len(self._requests) >= self._max_queued_requests:
+        in_flight = max(self._admitted, len(self._requests))
+        if in_flight >= self._max_queued_requests:
             raise Overloaded(
-                f"{len(self._requests)} requests in flight (max_queued_requests={self._max_queued_requests})",
+                f"{in_flight} requests in flight (max_queued_requests={self._max_queued_requests})",
                 retry_after_s=self._retry_after(),
             )
 
     def _retry_after(self) -> float:
         # Roughly the time to work off what is queued, from the recent batch time; bounded both ways.
+        if self._tokens_per_s:
+            return min(60.0, max(0.05, self._admitted_tokens / self._tokens_per_s))
         batches = max(1.0, self._queued_tokens / self._budget)
         return min(60.0, max(0.05, batches * self._batch_seconds))
 
+    def _check_tokens(self, total: int) -> None:
+        if total > self._max_queued_tokens:
+            # Overloaded would be a lie: no amount of retrying admits this request.
+            raise InputError(
+                f"request has about {total} tokens, more than max_queued_tokens={self._max_queued_tokens}; "
+                f"split it into smaller requests or raise {setting_name('max_queued_tokens')}"
+            )
+
+    @contextlib.contextmanager
+    def admit(self, tokens: int) -> Iterator[Admission]:
+        """Hold an admission slot for one call for the duration of the block; ``tokens`` is an
+        estimate made before tokenizing. Raises ``Draining``, ``InputError`` (the call alone is over
+        ``max_queued_tokens``) or ``Overloaded`` (too many calls, too many tokens, or an estimated
+        queue wait over ``max_queue_wait_s``) at once. Pass the Admission to ``submit``."""
+        if self._closed:
+            raise Draining(_SHUTTING_DOWN)
+        self._check_tokens(tokens)
+        if self._admitted >= self._max_queued_requests:
+            raise Overloaded(
+                f"{self._admitted} requests in flight (max_queued_requests={self._max_queued_requests})",
+                retry_after_s=self._retry_after(),
+            )
+        if self._admitted_tokens + tokens > self._max_queued_tokens:
+            raise Overloaded(
+                f"{self._admitted_tokens} tokens queued (max_queued_tokens={self._max_queued_tokens})",
+                retry_after_s=self._retry_after(),
+            )
+        rate, bound = self._tokens_per_s, self._max_queue_wait_s
+        # Only with work ahead: a call alone is admitted whatever its size (it would wait for nobody).
+        if rate and bound is not None and self._admitted_tokens > 0:
+            wait = (self._admitted_tokens + tokens) / rate
+            if wait > bound:
+                raise Overloaded(
+                    f"estimated queue wait {wait:.1f}s > max_queue_wait_s={bound}",
+                    retry_after_s=self._retry_after(),
+                )
+        admission = Admission(tokens)
+        self._admitted += 1
+        self._admitted_tokens += tokens
+        try:
+            yield admission
+        finally:
+            self._admitted -= 1
+            self._admitted_tokens -= admission.tokens
+
     async def submit(
-        self, items: Sequence[T], tokens: Sequence[int], *, deadline: float | None = None
+        self,
+        items: Sequence[T],
+        tokens: Sequence[int],
+        *,
+        deadline: float | None = None,
+        admission: Admission | None = None,
     ) -> list[R]:
         """Score ``items`` (``tokens[i]`` = length of ``items[i]``); results come back in item order.
-        ``deadline`` is an absolute ``time.monotonic()`` value."""
+        ``deadline`` is an absolute ``time.monotonic()`` value. With an ``admission`` (from ``admit``)
+        the call was admitted already: its reservation becomes the real token count."""
         if self._closed:
             raise Draining(_SHUTTING_DOWN)
         if not self._tasks:
@@ -256,24 +356,24 @@ class Batcher(Generic[T, P, R]):
         costs = [self._batch_cost([t]) for t in tokens]
         for i, cost in enumerate(costs):
             if cost > self._budget_limit:
-                raise ValueError(
+                raise InputError(
                     f"input {i} has {tokens[i]} tokens (batch cost {cost}), more than max_batch_tokens="
                     f"{self._budget_limit}, so it can never be batched; raise "
                     f"{setting_name('max_batch_tokens')} or lower {setting_name('max_input_tokens')} "
                     "(or truncate the input)"
                 )
         total = sum(tokens)
-        if total > self._max_queued_tokens:
-            # Overloaded would be a lie: no amount of retrying admits this request.
-            raise ValueError(
-                f"request has {total} tokens, more than max_queued_tokens={self._max_queued_tokens}; "
-                f"split it into smaller requests or raise {setting_name('max_queued_tokens')}"
-            )
+        self._check_tokens(total)
         now = time.monotonic()
         if deadline is not None and deadline <= now:
             raise DeadlineExceeded("the request's deadline passed before it was queued")
-        self.check_admission()
-        if self._queued_tokens + total > self._max_queued_tokens:
+        if admission is not None:
+            # Admitted at arrival on an estimate; from now on the slot reserves the real count.
+            self._admitted_tokens += total - admission.tokens
+            admission.tokens = total
+        else:
+            self.check_admission()
+        if admission is None and self._queued_tokens + total > self._max_queued_tokens:
             raise Overloaded(
                 f"{self._queued_tokens} tokens queued (max_queued_tokens={self._max_queued_tokens})",
                 retry_after_s=self._retry_after(),
@@ -395,18 +495,30 @@ class Batcher(Generic[T, P, R]):
                 prepared = await self._prepare(live)  # dropped items must not reach run
             value, prepare_seconds = prepared
             started = time.monotonic()
-            results = await asyncio.get_running_loop().run_in_executor(
-                self._compute_pool, self._run_fn, value
-            )
+            run_id = next(self._run_ids)
+            self._running[run_id] = started
+            try:
+                results = await asyncio.get_running_loop().run_in_executor(
+                    self._compute_pool, self._run_fn, value
+                )
+            finally:
+                del self._running[run_id]
             run_seconds = time.monotonic() - started
             if len(results) != len(live):
                 raise RuntimeError(
                     f"the model returned {len(results)} results for a batch of {len(live)} inputs; "
                     "run() must return exactly one result per input, in order"
                 )
-        except OutOfMemory as exc:
+        except OutOfMemory:
             if len(live) == 1:
-                live[0].request.fail(exc)
+                # Alone and still too big: the input's fault, not the server's (a 4xx, not a 500).
+                live[0].request.fail(
+                    InputError(
+                        f"out of device memory scoring this input alone ({live[0].tokens} tokens); send "
+                        f"it shorter (or with truncate) or lower {setting_name('max_input_tokens')}",
+                        index=live[0].index,
+                    )
+                )
                 return
             self._lower_budget(live)
             await self._split(live)
@@ -419,8 +531,13 @@ class Batcher(Generic[T, P, R]):
             logger.warning("batcher %s: batch of %d failed (%r); bisecting", self._name, len(live), exc)
             await self._split(live)
             return
+        check = self._check_result
         for item, result in zip(live, results, strict=True):
-            item.request.put(item.index, result)
+            error = None if check is None else check(item.index, result)
+            if error is not None:
+                item.request.fail(error)  # this request only; its batch mates keep their results
+            else:
+                item.request.put(item.index, result)
         self._record(live, started, prepare_seconds, run_seconds)
 
     async def _split(self, live: list[_Item[T, R]]) -> None:
@@ -442,6 +559,11 @@ class Batcher(Generic[T, P, R]):
         self, live: list[_Item[T, R]], started: float, prepare_seconds: float, run_seconds: float
     ) -> None:
         self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * (prepare_seconds + run_seconds)
+        if run_seconds > 0:
+            # Tokens per second of the device, all workers together (each runs its own batches).
+            rate = sum(item.tokens for item in live) / run_seconds * self._workers
+            old = self._tokens_per_s
+            self._tokens_per_s = rate if old is None else 0.8 * old + 0.2 * rate
         if self._on_batch is None:
             return
         try:
@@ -477,4 +599,5 @@ class Batcher(Generic[T, P, R]):
             "batcher %s: %s stopped unexpectedly", self._name, task.get_name(), exc_info=task.exception()
         )
         self._closed = True
+        self.dead = f"{task.get_name()} stopped: {task.exception()!r}"
         self._fail_all(lambda: Draining("the batcher stopped unexpectedly"))
