@@ -297,9 +297,9 @@ class RewardServer:
         return self.exit_code
 
 
-async def serve(settings: Settings) -> int:
-    """Run the service until SIGTERM/SIGINT; returns the exit code."""
-    server = RewardServer(settings, freeze_heap=True)
+async def serve(settings: Settings, load_model: ModelLoader = load_engine) -> int:
+    """Run the service until SIGTERM/SIGINT; returns the exit code. ``load_model``: see ModelLoader."""
+    server = RewardServer(settings, freeze_heap=True, load_model=load_model)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.request_stop)

@@ -32,11 +32,11 @@ def serve(
     from rewardserve.app import serve as run_server
 
     code = asyncio.run(run_server(settings))
-    _exit_past_wedged_threads(code)
+    exit_past_wedged_threads(code)
     raise typer.Exit(code)
 
 
-def _exit_past_wedged_threads(code: int) -> None:
+def exit_past_wedged_threads(code: int) -> None:
     """Exit now if a worker thread is still running after the drain. A forward pass wedged in its
     compute thread cannot be interrupted, and the interpreter's exit would join it (thread pools
     register an atexit join) and hold the process past the pod's grace period; its callers were
