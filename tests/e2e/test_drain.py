@@ -124,7 +124,9 @@ def test_sigterm_answers_every_call_in_flight_and_exits_0(
     server = Server(tiny_llama, "slow", budget, tmp_path)
     servers.append(server)
     responses, took = _sigterm_with_calls_in_flight(server, server.url(), 20)
-    assert [r.status_code for r in responses] == [200] * 20, [r.text for r in responses if r.status_code != 200]
+    assert [r.status_code for r in responses] == [200] * 20, [
+        r.text for r in responses if r.status_code != 200
+    ]
     assert server.p.returncode == 0, server.log()
     assert took < budget, f"exit took {took:.1f}s, over the {budget}s drain budget"
 

@@ -123,7 +123,8 @@ def test_150_percent_of_capacity_with_default_settings(server: str) -> None:
     after = asyncio.run(_capacity(server, 5))
     capacity = (before + after) / 2
     print(
-        f"\nserver tokens/s: capacity phase {(k1 - k0) / (t1 - t0):.0f}, overload phase {(k2 - k1) / (t2 - t1):.0f}; "
+        f"\nserver tokens/s: capacity phase {(k1 - k0) / (t1 - t0):.0f}, "
+        f"overload phase {(k2 - k1) / (t2 - t1):.0f}; "
         f"capacity before {before:.2f}, after {after:.2f} calls/s"
     )
     statuses = [s for _, s, _ in results]
@@ -137,7 +138,8 @@ def test_150_percent_of_capacity_with_default_settings(server: str) -> None:
         f"\ncapacity {capacity:.2f} calls/s; offered {1.5 * capacity:.2f}/s for {window:.0f}s: "
         f"{ok} ok ({goodput:.2f}/s = {goodput / capacity:.2f}x capacity), {len(rejected)} x 429 "
         f"(client-side latency median {median * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms), "
-        f"200 latency p50 {statistics.median(ok_latency):.2f}s p99 {ok_latency[int(0.99 * (len(ok_latency) - 1))]:.2f}s, "
+        f"200 latency p50 {statistics.median(ok_latency):.2f}s "
+        f"p99 {ok_latency[int(0.99 * (len(ok_latency) - 1))]:.2f}s, "
         f"other statuses {sorted(set(statuses) - {200, 429})}"
     )
     assert set(statuses) <= {200, 429}, f"5xx or client timeouts (0): {sorted(set(statuses))}"

@@ -111,7 +111,9 @@ def test_dead_batcher_loop_fails_liveness_and_exits_nonzero(
     srv.stop()
 
 
-def test_nan_in_one_request_fails_only_that_request(make_server: list[ServerThread], tiny_llama: Path) -> None:
+def test_nan_in_one_request_fails_only_that_request(
+    make_server: list[ServerThread], tiny_llama: Path
+) -> None:
     srv, model = _serve(make_server, tiny_llama)
     poisoned = "poisoned response"
     marker = model.inner.tokenizer(poisoned, add_special_tokens=False)["input_ids"]
@@ -130,7 +132,9 @@ def test_nan_in_one_request_fails_only_that_request(make_server: list[ServerThre
 
     async def http_round() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=60) as c:
-            return list(await asyncio.gather(*(c.post(f"{srv.http_url}/v1/score", json=body(i)) for i in range(8))))
+            return list(
+                await asyncio.gather(*(c.post(f"{srv.http_url}/v1/score", json=body(i)) for i in range(8)))
+            )
 
     with gated(model) as gate:  # hold the first batch so the 8 requests share batches
         pending = threading.Thread(target=lambda: results.extend(asyncio.run(http_round())))
@@ -183,6 +187,7 @@ def test_overload_is_answered_with_fast_429s(make_server: list[ServerThread], ti
     async def http_round() -> list[int]:
         limits = httpx.Limits(max_connections=2000, max_keepalive_connections=0)
         async with httpx.AsyncClient(timeout=120, limits=limits) as c:
+
             async def one() -> int:
                 r = await c.post(f"{srv.http_url}/v1/score", json=BODY)
                 if r.status_code == 429:

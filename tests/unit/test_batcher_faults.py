@@ -7,7 +7,7 @@ import asyncio
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
 
@@ -42,6 +42,14 @@ class Model:
         return list(batch)
 
 
+async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait (bounded) for a state the test then asserts on."""
+    give_up = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < give_up, "timed out waiting for the batcher"
+        await asyncio.sleep(0.001)
+
+
 def _check(index: int, value: float) -> Exception | None:
     return None if math.isfinite(value) else NonFiniteReward(f"non-finite reward for input {index}")
 
@@ -55,9 +63,7 @@ async def made() -> AsyncIterator[list[tuple[FloatBatcher, Model]]]:
         await batcher.close(drain=False)
 
 
-async def _make(
-    made: list[tuple[FloatBatcher, Model]], **kw: float | int
-) -> tuple[FloatBatcher, Model]:
+async def _make(made: list[tuple[FloatBatcher, Model]], **kw: float | int) -> tuple[FloatBatcher, Model]:
     model = Model()
     settings: dict[str, float | int] = {
         "max_batch_tokens": 1000,
@@ -84,8 +90,7 @@ async def test_nan_fails_its_own_request_only(made: list[tuple[FloatBatcher, Mod
     requests: list[Sequence[float]] = [[float(i), float(i) + 0.5] for i in range(8)]
     requests[3] = [3.0, math.nan]
     tasks = [asyncio.create_task(batcher.submit(r, [1, 1])) for r in requests]
-    while batcher.queued_requests < 8:
-        await asyncio.sleep(0.001)
+    await _until(lambda: batcher.queued_requests == 8)
     model.gate.set()
     results = await asyncio.gather(*tasks, return_exceptions=True)
     for i, result in enumerate(results):
@@ -112,7 +117,7 @@ async def test_one_call_over_max_queued_tokens_is_a_client_error(
     made: list[tuple[FloatBatcher, Model]],
 ) -> None:
     batcher, _ = await _make(made, max_queued_tokens=100)
-    with pytest.raises(InputError, match="max_queued_tokens=100.*split it"), batcher.admit(101):
+    with pytest.raises(InputError, match=r"max_queued_tokens=100.*split it"), batcher.admit(101):
         pass
 
 
@@ -124,8 +129,7 @@ async def test_queue_wait_bound_refuses_fast(made: list[tuple[FloatBatcher, Mode
     assert rate is not None and 500 < rate < 2100
     model.gate.clear()
     held = [asyncio.create_task(_admitted_submit(batcher, 100)) for _ in range(4)]
-    while batcher.admitted < 4:
-        await asyncio.sleep(0.001)
+    await _until(lambda: batcher.admitted == 4)
     # 400 tokens ahead at <= 2,000/s is under 0.5 s; the next 100 may still fit; 2,000 more never do.
     with pytest.raises(Overloaded) as info, batcher.admit(2000):
         pass
@@ -145,8 +149,7 @@ async def test_stalled_seconds_sees_a_stuck_run(made: list[tuple[FloatBatcher, M
     assert batcher.stalled_seconds() == 0.0
     model.gate.clear()
     task = asyncio.create_task(batcher.submit([1.0], [1]))
-    while model.runs == 0:
-        await asyncio.sleep(0.001)
+    await _until(lambda: model.runs > 0)
     assert batcher.stalled_seconds(time.monotonic() + 5) >= 5
     model.gate.set()
     await task
