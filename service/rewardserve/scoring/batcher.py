@@ -8,11 +8,8 @@ Design (ARCHITECTURE.md, "The batcher"; TEI ``core/src/queue.rs``, Ray Serve ``_
 * ``submit`` is one request of N items. Admission is decided before anything is enqueued (bounded
   queued requests and queued tokens, TEI's ``try_acquire``), so overload costs one comparison. The
   caller awaits ONE future for the whole request; each item writes its slot and the last one resolves it.
-  ``admit`` takes the slot earlier, at the call's arrival (before tokenizing), with an estimate of
-  its tokens; the slot is held until the answer. It also bounds the queue in TIME: with a measured
-  throughput (tokens per second, a moving average over batches), a call whose estimated wait
-  (tokens admitted ahead of it / throughput) exceeds ``max_queue_wait_s`` is refused at once, so
-  overload is answered with fast 429s and admitted calls wait a few seconds at most.
+  ``admit`` takes the slot earlier, at arrival (before tokenizing), on an estimate, and also bounds
+  the estimated queue wait in seconds (scoring/admission.py): overload gets fast 429s.
 * A *former* task pops items FIFO while ``batch_cost`` stays within the token budget and the row cap
   (the first item that does not fit stays at the head), then ``prepare``s the batch on the "prepare"
   thread. A *runner* task ``run``s it on the "compute" thread. Between them is a channel of size one
@@ -34,8 +31,7 @@ Design (ARCHITECTURE.md, "The batcher"; TEI ``core/src/queue.rs``, Ray Serve ``_
   ``close`` fails whatever is left, and counters are only ever changed by ``_unqueue``/``submit``.
 * ``check_result`` (optional) vets each result: an exception it returns fails that item's request
   only (a NaN reward), never its batch mates.
-* For the watchdog: ``stalled_seconds`` is how long the oldest running ``run`` has been at it, and
-  ``dead`` says why a loop stopped unexpectedly (the batcher then refuses everything).
+* Watchdog: ``stalled_seconds`` (the oldest ``run`` still running), ``dead`` (why a loop died).
 """
 
 from __future__ import annotations
@@ -48,11 +44,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from rewardserve.errors import DeadlineExceeded, Draining, InputError, OutOfMemory, Overloaded
 from rewardserve.naming import setting_name
+from rewardserve.scoring.admission import Admission, AdmissionControl
+from rewardserve.scoring.batch_items import BatchStats
+from rewardserve.scoring.batch_items import Formed as _Formed
+from rewardserve.scoring.batch_items import Item as _Item
+from rewardserve.scoring.batch_items import Request as _Request
 
 __all__ = ["Admission", "BatchStats", "Batcher"]
 
@@ -63,65 +63,6 @@ _SHUTTING_DOWN = "the server is shutting down; retry on another replica"
 T = TypeVar("T")
 P = TypeVar("P")
 R = TypeVar("R")
-
-
-@dataclass(frozen=True)
-class BatchStats:
-    """What one successfully executed batch looked like; given to ``on_batch`` for metrics."""
-
-    rows: int
-    tokens: int
-    cost: int
-    queue_seconds: list[float]  # per item: from submit to the start of the run that computed it
-    prepare_seconds: float
-    run_seconds: float
-
-
-@dataclass(eq=False)
-class Admission:
-    """A call's admission slot (``Batcher.admit``): held from arrival to answer, with the tokens it
-    reserves (an estimate until the call is tokenized, then the real count)."""
-
-    tokens: int
-
-
-@dataclass(eq=False)
-class _Request(Generic[T, R]):
-    future: asyncio.Future[list[R]]
-    size: int
-    deadline: float | None
-    items: list[_Item[T, R]] = field(default_factory=list)
-    results: dict[int, R] = field(default_factory=dict)
-
-    def fail(self, exc: BaseException) -> None:
-        # A deadline, a client cancel or a sibling item may have resolved it already.
-        if not self.future.done():
-            self.future.set_exception(exc)
-
-    def put(self, index: int, value: R) -> None:
-        if self.future.done():
-            return
-        self.results[index] = value
-        if len(self.results) == self.size:
-            self.future.set_result([self.results[i] for i in range(self.size)])
-
-
-@dataclass(eq=False)
-class _Item(Generic[T, R]):
-    request: _Request[T, R]
-    index: int
-    value: T
-    tokens: int
-    cost: int  # batch_cost([tokens]): an item alone always fits, whatever the (lowered) budget
-    enqueued_at: float
-    queued: bool = True  # still counted in queued_items / queued_tokens
-
-
-@dataclass
-class _Formed(Generic[T, R, P]):
-    items: list[_Item[T, R]]
-    prepared: tuple[P, float] | None  # (prepared batch, prepare seconds)
-    error: Exception | None  # prepare raised: the runner bisects the batch
 
 
 class Batcher(Generic[T, P, R]):
@@ -158,16 +99,17 @@ class Batcher(Generic[T, P, R]):
         self._budget_limit = max_batch_tokens  # what admission checks items against
         self._budget = max_batch_tokens  # effective budget, lowered after an out-of-memory
         self._max_batch_rows = max_batch_rows
-        self._max_queued_requests = max_queued_requests
-        self._max_queued_tokens = max_queued_tokens
         self._on_batch = on_batch
         self._name = name
         self._workers = workers
-        self._max_queue_wait_s = max_queue_wait_s
         self._check_result = check_result
-        self._admitted = 0  # calls holding an admission slot (admit): tokenizing, queued or running
-        self._admitted_tokens = 0  # tokens they reserve
-        self._tokens_per_s: float | None = None  # measured throughput (moving average), None until known
+        self._admission = AdmissionControl(
+            max_queued_requests=max_queued_requests,
+            max_queued_tokens=max_queued_tokens,
+            max_queue_wait_s=max_queue_wait_s,
+            workers=workers,
+            fallback_retry_after=self._retry_after,
+        )
         self._running: dict[int, float] = {}  # run id -> monotonic start, for the watchdog
         self._run_ids = itertools.count()
         self.dead: str | None = None
@@ -216,12 +158,12 @@ class Batcher(Generic[T, P, R]):
     @property
     def admitted(self) -> int:
         """Calls holding an admission slot (from ``admit`` to their answer)."""
-        return self._admitted
+        return self._admission.admitted
 
     @property
     def tokens_per_second(self) -> float | None:
         """Measured throughput (None before the first batch)."""
-        return self._tokens_per_s
+        return self._admission.tokens_per_s
 
     def stalled_seconds(self, now: float | None = None) -> float:
         """How long the oldest ``run`` still running has been running (0 when none is)."""
@@ -275,64 +217,21 @@ class Batcher(Generic[T, P, R]):
         """Raise ``Draining`` or ``Overloaded`` now, before the caller spends time tokenizing."""
         if self._closed:
             raise Draining(_SHUTTING_DOWN)
-        in_flight = max(self._admitted, len(self._requests))
-        if in_flight >= self._max_queued_requests:
-            raise Overloaded(
-                f"{in_flight} requests in flight (max_queued_requests={self._max_queued_requests})",
-                retry_after_s=self._retry_after(),
-            )
+        self._admission.check_count(max(self._admission.admitted, len(self._requests)))
 
     def _retry_after(self) -> float:
-        # Roughly the time to work off what is queued, from the recent batch time; bounded both ways.
-        if self._tokens_per_s:
-            return min(60.0, max(0.05, self._admitted_tokens / self._tokens_per_s))
+        # Before any throughput is measured: the time to work off what is queued, from the batch time.
         batches = max(1.0, self._queued_tokens / self._budget)
         return min(60.0, max(0.05, batches * self._batch_seconds))
 
-    def _check_tokens(self, total: int) -> None:
-        if total > self._max_queued_tokens:
-            # Overloaded would be a lie: no amount of retrying admits this request.
-            raise InputError(
-                f"request has about {total} tokens, more than max_queued_tokens={self._max_queued_tokens}; "
-                f"split it into smaller requests or raise {setting_name('max_queued_tokens')}"
-            )
-
     @contextlib.contextmanager
     def admit(self, tokens: int) -> Iterator[Admission]:
-        """Hold an admission slot for one call for the duration of the block; ``tokens`` is an
-        estimate made before tokenizing. Raises ``Draining``, ``InputError`` (the call alone is over
-        ``max_queued_tokens``) or ``Overloaded`` (too many calls, too many tokens, or an estimated
-        queue wait over ``max_queue_wait_s``) at once. Pass the Admission to ``submit``."""
+        """Hold one call's admission slot for the block (``tokens``: estimated before tokenizing), or
+        raise Draining / InputError / Overloaded at once (scoring/admission.py). Pass it to submit."""
         if self._closed:
             raise Draining(_SHUTTING_DOWN)
-        self._check_tokens(tokens)
-        if self._admitted >= self._max_queued_requests:
-            raise Overloaded(
-                f"{self._admitted} requests in flight (max_queued_requests={self._max_queued_requests})",
-                retry_after_s=self._retry_after(),
-            )
-        if self._admitted_tokens + tokens > self._max_queued_tokens:
-            raise Overloaded(
-                f"{self._admitted_tokens} tokens queued (max_queued_tokens={self._max_queued_tokens})",
-                retry_after_s=self._retry_after(),
-            )
-        rate, bound = self._tokens_per_s, self._max_queue_wait_s
-        # Only with work ahead: a call alone is admitted whatever its size (it would wait for nobody).
-        if rate and bound is not None and self._admitted_tokens > 0:
-            wait = (self._admitted_tokens + tokens) / rate
-            if wait > bound:
-                raise Overloaded(
-                    f"estimated queue wait {wait:.1f}s > max_queue_wait_s={bound}",
-                    retry_after_s=self._retry_after(),
-                )
-        admission = Admission(tokens)
-        self._admitted += 1
-        self._admitted_tokens += tokens
-        try:
+        with self._admission.admit(tokens) as admission:
             yield admission
-        finally:
-            self._admitted -= 1
-            self._admitted_tokens -= admission.tokens
 
     async def submit(
         self,
@@ -363,20 +262,20 @@ class Batcher(Generic[T, P, R]):
                     "(or truncate the input)"
                 )
         total = sum(tokens)
-        self._check_tokens(total)
+        self._admission.check_tokens(total)
         now = time.monotonic()
         if deadline is not None and deadline <= now:
             raise DeadlineExceeded("the request's deadline passed before it was queued")
         if admission is not None:
             # Admitted at arrival on an estimate; from now on the slot reserves the real count.
-            self._admitted_tokens += total - admission.tokens
-            admission.tokens = total
+            self._admission.settle(admission, total)
         else:
             self.check_admission()
-        if admission is None and self._queued_tokens + total > self._max_queued_tokens:
+        limit = self._admission.max_queued_tokens
+        if admission is None and self._queued_tokens + total > limit:
             raise Overloaded(
-                f"{self._queued_tokens} tokens queued (max_queued_tokens={self._max_queued_tokens})",
-                retry_after_s=self._retry_after(),
+                f"{self._queued_tokens} tokens queued (max_queued_tokens={limit})",
+                retry_after_s=self._admission.retry_after(),
             )
 
         loop = asyncio.get_running_loop()
@@ -559,11 +458,7 @@ class Batcher(Generic[T, P, R]):
         self, live: list[_Item[T, R]], started: float, prepare_seconds: float, run_seconds: float
     ) -> None:
         self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * (prepare_seconds + run_seconds)
-        if run_seconds > 0:
-            # Tokens per second of the device, all workers together (each runs its own batches).
-            rate = sum(item.tokens for item in live) / run_seconds * self._workers
-            old = self._tokens_per_s
-            self._tokens_per_s = rate if old is None else 0.8 * old + 0.2 * rate
+        self._admission.record(sum(item.tokens for item in live), run_seconds)
         if self._on_batch is None:
             return
         try:
