@@ -164,3 +164,28 @@ async def test_dead_loop_is_reported_and_fails_in_flight(made: list[tuple[FloatB
     assert batcher.dead is not None and "_Fault" in batcher.dead
     with pytest.raises(Draining):
         await batcher.submit([1.0], [1])
+
+
+async def test_a_backlog_that_fits_in_one_batch_is_never_refused_on_time(
+    made: list[tuple[FloatBatcher, Model]],
+) -> None:
+    # Only a tiny, overhead-bound batch was measured (~20 tokens/s), then a burst arrives: its 500
+    # tokens would "take" 25 s at that rate, but they fit in one batch of 1,000 and run at once.
+    batcher, model = await _make(made, max_queue_wait_s=0.5, max_batch_tokens=1000)
+    model.delay = 0.05
+    await batcher.submit([1.0], [1])
+    rate = batcher.tokens_per_second
+    assert rate is not None and rate < 100
+    model.gate.clear()
+    burst = [asyncio.create_task(_admitted_submit(batcher, 50)) for _ in range(10)]
+    await _until(lambda: batcher.admitted == 10)
+    model.gate.set()
+    assert await asyncio.gather(*burst) == [[1.0]] * 10
+    # Past one batch of work, the time bound applies (the rate is now the 500-token batch's, ~5k/s).
+    model.gate.clear()
+    held = [asyncio.create_task(_admitted_submit(batcher, 1000))]  # one batch: always admitted
+    await _until(lambda: batcher.admitted == 1)
+    with pytest.raises(Overloaded, match="max_queue_wait_s"), batcher.admit(5000):  # ~1.2 s of work
+        pass
+    model.gate.set()
+    await asyncio.gather(*held)

@@ -8,7 +8,10 @@ once known (``settle``). Bounds, each refused at once with ``Overloaded`` (429 +
   backstops; one call alone over the token bound is an ``InputError`` instead (no retry admits it);
 * the estimated queue wait, reserved tokens / measured tokens per second (``max_queue_wait_s``): the
   bound that bites under overload, so admitted calls wait seconds, and the rest get fast 429s
-  instead of timing out in a queue (docs/deploy.md, "Admission").
+  instead of timing out in a queue (docs/deploy.md, "Admission"). The rate is token-weighted over
+  recent batches, so full batches (what an overload runs) dominate it; and a backlog that fits in
+  one batch (``batch_tokens``) is never refused on time, since it runs as one batch: a burst after
+  a quiet spell, when only small, overhead-bound batches were measured, is not refused on their rate.
 
 One event loop: no locks. Pure Python, no torch.
 """
@@ -43,12 +46,16 @@ class AdmissionControl:
         max_queued_tokens: int,
         max_queue_wait_s: float | None,
         workers: int,
+        batch_tokens: int,
         fallback_retry_after: Callable[[], float],
     ) -> None:
         self.max_queued_requests = max_queued_requests
         self.max_queued_tokens = max_queued_tokens
         self._max_wait = max_queue_wait_s
         self._workers = workers
+        self._batch_tokens = batch_tokens
+        self._decayed_tokens = 0.0  # token-weighted throughput: decayed sums over recent batches
+        self._decayed_seconds = 0.0
         self._fallback = fallback_retry_after  # before any throughput is measured
         self.admitted = 0  # calls holding a slot: tokenizing, queued or running
         self.admitted_tokens = 0  # tokens they reserve
@@ -86,9 +93,10 @@ class AdmissionControl:
                 retry_after_s=self.retry_after(),
             )
         rate, bound = self.tokens_per_s, self._max_wait
-        # Only with work ahead: a call alone is admitted whatever its size (it would wait for nobody).
-        if rate and bound is not None and self.admitted_tokens > 0:
-            wait = (self.admitted_tokens + tokens) / rate
+        ahead = self.admitted_tokens + tokens
+        # Only with more than a batch of work: that much runs at once, whatever the rate says.
+        if rate and bound is not None and self.admitted_tokens > 0 and ahead > self._batch_tokens:
+            wait = ahead / rate
             if wait > bound:
                 raise Overloaded(
                     f"estimated queue wait {wait:.1f}s > max_queue_wait_s={bound}",
@@ -112,6 +120,8 @@ class AdmissionControl:
         """A batch of ``tokens`` ran in ``run_seconds`` on one of the ``workers``."""
         if run_seconds <= 0:
             return
-        rate = tokens / run_seconds * self._workers  # all workers together (each runs its own batches)
-        old = self.tokens_per_s
-        self.tokens_per_s = rate if old is None else 0.8 * old + 0.2 * rate
+        # Sum of tokens over sum of seconds: a batch weighs by its size, and the last ~10 count most.
+        self._decayed_tokens = 0.9 * self._decayed_tokens + tokens
+        self._decayed_seconds = 0.9 * self._decayed_seconds + run_seconds
+        # All workers together: each runs its own batches at this rate.
+        self.tokens_per_s = self._decayed_tokens / self._decayed_seconds * self._workers

@@ -108,6 +108,7 @@ class Batcher(Generic[T, P, R]):
             max_queued_tokens=max_queued_tokens,
             max_queue_wait_s=max_queue_wait_s,
             workers=workers,
+            batch_tokens=max_batch_tokens,
             fallback_retry_after=self._retry_after,
         )
         self._running: dict[int, float] = {}  # run id -> monotonic start, for the watchdog
