@@ -190,8 +190,10 @@ class RewardServer:
                 scoring = await load_scoring(self.settings, self.runtime.metrics, self._load_model)
                 self.runtime.scoring = scoring
             if self._generator_missing() and not self.runtime.draining:
-                # Importing vllm takes seconds of CPU: in a thread, so health keeps answering.
-                module = await asyncio.to_thread(importlib.import_module, "rewardserve.generation.service")
+                # Importing vllm takes seconds of CPU (3 s measured on this loop): in a thread, so
+                # health keeps answering. vllm_engine is what imports vllm; service imports it lazily.
+                await asyncio.to_thread(importlib.import_module, "rewardserve.generation.vllm_engine")
+                module = importlib.import_module("rewardserve.generation.service")
                 self.runtime.generation = await module.start_generation(self.settings, self.runtime.metrics)
             if self.runtime.ready:
                 await self._now_serving()
