@@ -132,10 +132,10 @@ def test_150_percent_of_capacity_with_default_settings(server: str) -> None:
     # moves it by tens of percent over a minute. Goodput and capacity are both the server's own
     # counter of tokens scored and answered (no client timed out, asserted below, so every one of
     # those answers reached its caller).
-    before = asyncio.run(_capacity(server, 8))
+    before = asyncio.run(_capacity(server, 6))
     window = 60.0
     results, goodput = asyncio.run(_offer(server, 1.5 * before / tokens_per_call, window))
-    after = asyncio.run(_capacity(server, 5))
+    after = asyncio.run(_capacity(server, 4))
     capacity = (before + after) / 2
     statuses = [s for s, _ in results]
     rejected = sorted(lat for s, lat in results if s == 429)
