@@ -153,5 +153,9 @@ def test_150_percent_of_capacity_with_default_settings(server: str) -> None:
     )
     assert set(statuses) <= {200, 429}, f"5xx or client timeouts (0): {sorted(set(statuses))}"
     assert rejected, "150% of capacity for 60 s was never refused: the defaults do not bound the queue"
+    if abs(after - before) > 0.3 * min(before, after):
+        # Other work on the machine started or stopped meanwhile (seen in a full-suite run: 10k
+        # before, 18k after): the window's capacity is unknown, so goodput cannot be judged.
+        pytest.skip(f"capacity moved from {before:.0f} to {after:.0f} tokens/s during the test: rerun quiet")
     assert goodput >= 0.9 * capacity
     assert median < 0.05
