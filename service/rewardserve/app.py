@@ -1,9 +1,15 @@
 """The process: build the services, run the servers in one event loop, drain on SIGTERM.
 
 Lifecycle: the HTTP server listens at once (liveness answers, readiness says "loading"), the model
-loads and warms up in a worker thread, then readiness flips. On SIGTERM/SIGINT: readiness goes 503
-and new work is refused, in-flight calls finish (bounded by drain_timeout_s), the servers stop, the
-batcher closes, and the process exits 0.
+loads and warms up in worker threads (imports included: the event loop keeps answering health), then
+readiness flips. On SIGTERM/SIGINT: readiness goes 503 and new work is refused, in-flight calls
+finish, whatever still runs when the budget is nearly spent is answered 503, the servers stop, and
+the process exits 0. Every wait of the drain runs against ONE budget, drain_timeout_s.
+
+A watchdog task checks the engines every second (docs/deploy.md, "Health"): a forward or an engine
+step running past watchdog_timeout_s turns readiness (HTTP and gRPC) to NOT_SERVING until it ends; a
+dead vLLM engine core or a dead batcher loop is fatal: liveness fails too, what is in flight is
+failed at once, and the process exits 1 so the orchestrator restarts it.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import importlib
 import logging
 import signal
 import socket
@@ -195,6 +202,8 @@ class RewardServer:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping: asyncio.Task[None] | None = None
         self._stop_requested = asyncio.Event()
+        self._fatal = False
+        self._watchdog: asyncio.Task[None] | None = None
         self.exit_code = 0
 
     async def start(self) -> None:
@@ -206,6 +215,7 @@ class RewardServer:
             self._sock.close()
             raise
         self._tasks.append(asyncio.create_task(self._http.serve(sockets=[self._sock]), name="http"))
+        self._watchdog = asyncio.create_task(self._watch(), name="watchdog")
         if self.runtime.registry is None or self._generator_missing():
             self._tasks.append(asyncio.create_task(self._load(), name="load"))
         elif self.runtime.ready:
@@ -232,9 +242,11 @@ class RewardServer:
                 registry = await load_registry(self.settings, self.runtime.metrics, self._load_model)
                 self.runtime.registry = registry
             if self._generator_missing() and not self.runtime.draining:
-                from rewardserve.generation.service import start_generation
-
-                self.runtime.generation = await start_generation(self.settings, self.runtime.metrics)
+                # Importing vllm takes seconds of CPU (3 s measured on this loop): in a thread, so
+                # health keeps answering. vllm_engine is what imports vllm; service imports it lazily.
+                await asyncio.to_thread(importlib.import_module, "rewardserve.generation.vllm_engine")
+                module = importlib.import_module("rewardserve.generation.service")
+                self.runtime.generation = await module.start_generation(self.settings, self.runtime.metrics)
             if self.runtime.ready:
                 await self._now_serving()
         except ConfigError as exc:  # a declaration that cannot be served: say what to fix, exit 2
@@ -254,25 +266,87 @@ class RewardServer:
             self._stopping = asyncio.create_task(self._drain_and_stop(), name="drain")
             self._stop_requested.set()
 
+    def fail(self, reason: str) -> None:
+        """Something the process cannot recover from: liveness fails, in-flight work is failed at
+        once (no drain wait), and the process exits 1 so the orchestrator restarts it."""
+        if self.runtime.fatal is None:
+            log.error("fatal: %s; failing in-flight work and exiting", reason)
+            self.runtime.fatal = reason
+            self.exit_code = 1
+            self._fatal = True
+            self.request_stop()
+
+    async def _watch(self) -> None:
+        """The watchdog (module docstring): fatal faults end the process, stalls flip readiness."""
+        limit = self.settings.watchdog_timeout_s
+        while not self.runtime.draining:
+            await asyncio.sleep(min(1.0, limit / 4))
+            registry, generation = self.runtime.registry, self.runtime.generation
+            # Every model entry's batcher (several models: each has its own).
+            services = registry.scoring_services() if registry is not None else {}
+            dead = [(n, s.batcher.dead) for n, s in services.items() if s.batcher.dead is not None]
+            if dead:
+                name, why = dead[0]
+                self.fail(f"the scoring batcher of {name!r} died ({why})")
+                return
+            if generation is not None and generation.engine_dead:
+                self.fail("the vLLM engine core process died")
+                return
+            stuck = []
+            for name, service in services.items():
+                if (seconds := service.batcher.stalled_seconds()) > limit:
+                    stuck.append(f"a forward pass of {name!r} has run {seconds:.0f}s")
+            if generation is not None and (seconds := generation.stalled_seconds()) > limit:
+                stuck.append(f"the generation engine has produced nothing for {seconds:.0f}s")
+            stalled = "; ".join(stuck) or None
+            if stalled == self.runtime.stalled or (stalled and self.runtime.stalled):
+                continue
+            self.runtime.stalled = stalled
+            if stalled is not None:
+                log.error("watchdog: %s (watchdog_timeout_s=%s): not ready until it ends", stalled, limit)
+                await self._grpc.set_not_serving()
+            elif self.runtime.ready:
+                log.warning("watchdog: the engine is making progress again; ready")
+                await self._grpc.set_serving()
+
     async def _drain_and_stop(self) -> None:
+        loop = asyncio.get_running_loop()
+        budget = 0.0 if self._fatal else self.settings.drain_timeout_s
+        end = loop.time() + budget
+        # Kept back from waiting: the time to answer what still runs with 503 and stop the servers.
+        reserve = min(1.0, budget / 5)
+
+        def left(keep: float = 0.0) -> float:
+            return max(0.0, end - keep - loop.time())
+
         self.runtime.draining = True
         await self._grpc.begin_drain()  # health NOT_SERVING; new gRPC work gets UNAVAILABLE
         registry = self.runtime.registry
         in_flight = (registry.in_flight if registry is not None else 0, self._generations_in_flight())
-        timeout = self.settings.drain_timeout_s
-        if registry is not None and not await registry.wait_idle(timeout):
-            log.warning("drain timeout (%.0fs): %d calls still in flight", timeout, registry.in_flight)
+        if registry is not None and not await registry.wait_idle(left(reserve)):
+            log.warning("drain budget (%.1fs) spent: %d calls still in flight", budget, registry.in_flight)
         generation = self.runtime.generation
-        if generation is not None and not await generation.wait_idle(timeout):
-            log.warning("drain timeout (%.0fs): %d generations in flight", timeout, generation.in_flight)
+        if generation is not None and not await generation.wait_idle(left(reserve)):
+            log.warning("drain budget (%.1fs) spent: %d generations in flight", budget, generation.in_flight)
+        if registry is not None:
+            # Whatever still runs (a wedged forward included) is answered 503 now, while the
+            # servers can still write it: a clean "retry elsewhere", not a reset connection.
+            await registry.close(drain=False)
+        if generation is not None and (self._fatal or generation.in_flight):
+            await generation.abort_all()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self._http.config.timeout_graceful_shutdown = max(0.1, left())  # type: ignore[assignment]
         self._http.should_exit = True
-        # Scoring work is drained by now: the grace covers writing the last answers and streams
-        # ending themselves (a health Watch never ends on its own; it is cut after the grace).
-        grpc_stop = asyncio.create_task(self._grpc.stop(grace=min(2.0, timeout)), name="grpc-stop")
-        await asyncio.gather(*self._tasks, grpc_stop, return_exceptions=True)
-        # Read again: a registry still loading when the drain began is loaded by now (gather above).
-        if self.runtime.registry is not None:
-            await self.runtime.registry.close(drain=True, timeout=timeout)
+        # The grace covers writing the last answers and streams ending themselves (a health Watch
+        # never ends on its own; it is cut after the grace).
+        grace = max(0.1, min(2.0, left()))
+        grpc_stop = asyncio.create_task(self._grpc.stop(grace=grace), name="grpc-stop")
+        watchdog = [] if self._watchdog is None else [self._watchdog]
+        await asyncio.gather(*self._tasks, grpc_stop, *watchdog, return_exceptions=True)
+        if registry is None and self.runtime.registry is not None:
+            # A registry still loading when the drain began is loaded by now (gather above).
+            await self.runtime.registry.close(drain=False)
         # Read again: a load still running when the drain began has finished by now (gather above),
         # and an engine it started must be stopped too, or its processes outlive us.
         if self.runtime.generation is not None:
@@ -301,9 +375,9 @@ class RewardServer:
         return self.exit_code
 
 
-async def serve(settings: Settings) -> int:
-    """Run the service until SIGTERM/SIGINT; returns the exit code."""
-    server = RewardServer(settings, freeze_heap=True)
+async def serve(settings: Settings, load_model: ModelLoader = load_engine) -> int:
+    """Run the service until SIGTERM/SIGINT; returns the exit code. ``load_model``: see ModelLoader."""
+    server = RewardServer(settings, freeze_heap=True, load_model=load_model)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.request_stop)

@@ -102,15 +102,26 @@ class Settings(BaseSettings):
     max_batch_rows: int = Field(default=256, ge=1, le=65_536)
     """Most sequences in one batch, whatever their length."""
     max_queued_requests: int = Field(default=4096, ge=1, le=10_000_000)
-    """Admission bound: scoring calls waiting or running. Over it, 429 at once instead of queueing
-    without limit (a bounded queue keeps latency bounded under overload)."""
+    """Admission bound: scoring calls admitted and not yet answered (tokenizing, waiting or running).
+    Over it, 429 at once instead of queueing without limit. A backstop: max_queue_wait_s is the
+    bound that bites first under overload."""
     max_queued_tokens: int = Field(default=4_000_000, ge=16, le=1_000_000_000)
-    """Admission bound on tokens waiting. Over it, 429 at once."""
+    """Admission bound on tokens admitted and not yet answered (estimated from the characters before
+    tokenizing). Over it, 429 at once; one call alone over it gets 422 (split it)."""
+    max_queue_wait_s: float = Field(default=2.0, gt=0, le=3600)
+    """Admission bound in time: a call whose estimated wait (tokens admitted ahead of it / measured
+    tokens per second) is longer gets 429 + Retry-After at once. Keeps the wait of admitted calls to
+    a few seconds at capacity, so overload is answered with fast 429s instead of client timeouts
+    (docs/deploy.md, "Admission"). Larger: fewer 429s in bursts, longer waits under overload."""
     max_inputs_per_request: int = Field(default=4096, ge=1, le=1_000_000)
     """Most inputs in one scoring call."""
     request_timeout_s: float = Field(default=600.0, gt=0, le=86_400)
     """Deadline for a scoring call when the client sets none; an item past it is dropped before
     compute and the caller gets a timeout error, so no request waits forever."""
+    watchdog_timeout_s: float = Field(default=60.0, gt=0, le=86_400)
+    """A forward pass (or, with --generator, an engine step) running longer than this turns
+    /health/ready and gRPC health to NOT_SERVING until it finishes: the orchestrator stops routing
+    to a wedged replica. Set above the slowest legitimate batch (seconds on a GPU, more on a CPU)."""
 
     # --- transport ---------------------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -167,7 +178,9 @@ class Settings(BaseSettings):
     """PEM CA bundle: require client certificates signed by it (mutual TLS) on both ports."""
 
     drain_timeout_s: float = Field(default=30.0, ge=0, le=3600)
-    """On SIGTERM: how long in-flight work may take to finish before the process exits anyway."""
+    """On SIGTERM: the ONE budget for the whole drain (waiting for in-flight calls, answering the rest
+    with 503, stopping the servers and the engine). Keep the pod's terminationGracePeriodSeconds
+    above it (plus ~15 s for a vLLM engine's shutdown)."""
     warmup: bool = True
     """Run one forward pass before reporting ready, so the first real request is not the slow one."""
 

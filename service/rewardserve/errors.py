@@ -20,6 +20,7 @@ Pure Python, no imports beyond the standard library: the client (no torch), the 
     │   │   └── Draining              (server: shutting down)
     │   └── DeadlineExceeded
     ├── ServerError                   (client: the server failed or answered garbage)
+    ├── NonFiniteReward               (server: the model produced NaN/Inf for one input)
     ├── internal signals, never shown to a client
     │   ├── OutOfMemory               (engine -> batcher: split the batch)
     │   └── ClientGone                (HTTP: the caller hung up)
@@ -51,6 +52,7 @@ __all__ = [
     "InputError",
     "InvalidRequest",
     "ModelNotFound",
+    "NonFiniteReward",
     "NotReady",
     "NotSupported",
     "OutOfMemory",
@@ -174,6 +176,12 @@ class DeadlineExceeded(RewardServeError, TimeoutError):
 class ServerError(RewardServeError):
     """Raised by the client when the server failed (HTTP 500, INTERNAL) or answered something the
     client cannot read."""
+
+
+class NonFiniteReward(RewardServeError):
+    """Raised by the scoring service when the model produced a NaN or infinite reward for an input:
+    that input's request fails (HTTP 500, type internal, with this message; gRPC INTERNAL), its batch
+    mates do not. Counted in ``rewardserve_rejected_total{reason="non_finite"}``."""
 
 
 # --- internal signals: never reach a client as such ---------------------------------------------

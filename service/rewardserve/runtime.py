@@ -17,7 +17,11 @@ if TYPE_CHECKING:  # the generation package is imported only when a generator is
 
 @dataclass
 class Runtime:
-    """Services plus the lifecycle flags (loading -> ready -> draining)."""
+    """Services plus the lifecycle flags (loading -> ready -> draining).
+
+    ``stalled`` (set by the watchdog while a forward or engine step runs past watchdog_timeout_s)
+    makes readiness fail until it clears; ``fatal`` (the vLLM engine or a batcher loop died) makes
+    liveness fail too: the process is exiting non-zero so the orchestrator restarts it."""
 
     settings: Settings
     metrics: Metrics  # the one instance: the services record into it, /metrics renders it
@@ -25,6 +29,12 @@ class Runtime:
     generation: GenerationService | None = None
     draining: bool = False
     load_error: str | None = None
+    stalled: str | None = None
+    fatal: str | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.fatal is None
 
     @property
     def scoring(self) -> ScoringService | None:
@@ -38,7 +48,19 @@ class Runtime:
     @property
     def ready(self) -> bool:
         generator_ok = self.settings.generator is None or self.generation is not None
-        return self.registry is not None and generator_ok and not self.draining
+        healthy = self.stalled is None and self.fatal is None
+        return self.registry is not None and generator_ok and not self.draining and healthy
+
+    @property
+    def status(self) -> str:
+        """What /health/ready reports: ready | loading | draining | failed | stalled."""
+        if self.fatal is not None or self.load_error is not None:
+            return "failed"
+        if self.draining:
+            return "draining"
+        if self.stalled is not None:
+            return "stalled"
+        return "ready" if self.ready else "loading"
 
     def require_registry(self) -> Registry:
         """The reward sources by name, or NotReady (503 / UNAVAILABLE) while loading or draining.

@@ -95,6 +95,51 @@ def test_serve_with_generator_drains_and_leaves_no_engine_process(
             proc.wait()
 
 
+def test_engine_death_fails_health_and_exits_nonzero_without_orphans(
+    tiny_llama: Path, tiny_policy: Path, tmp_path: Path
+) -> None:
+    """The vLLM engine core dies (OOM killer, segfault): ready and live fail within seconds, the
+    process exits non-zero, and no engine process is left behind, so the orchestrator restarts it."""
+    args = [str(BIN), "serve", "--model", str(tiny_llama), "--generator", str(tiny_policy), "--port", "0"]
+    args += ["--grpc-port", "0", "--generator-dtype", "float32", "--generator-max-model-len", "1024"]
+    proc = subprocess.Popen(
+        args, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stderr or ()), daemon=True).start()
+    try:
+        deadline = time.monotonic() + 300
+        while not (m := re.search(r"HTTP on http://[\d.]+:(\d+)", "".join(lines))):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines[-40:])
+            time.sleep(0.2)
+        url = f"http://127.0.0.1:{m.group(1)}"
+        while httpx.get(f"{url}/health/ready", timeout=5).status_code != 200:
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines[-40:])
+            time.sleep(0.2)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        core = [p for p in children if p.name().startswith("VLLM::EngineCore")]
+        assert core, f"no engine-core process among {[p.name() for p in children]}"
+        core[0].kill()
+        killed = time.monotonic()
+        ready_failed = None
+        while ready_failed is None and time.monotonic() - killed < 30:
+            try:
+                if httpx.get(f"{url}/health/ready", timeout=2).status_code != 200:
+                    ready_failed = time.monotonic() - killed
+            except httpx.TransportError:  # already gone: readiness fails too
+                ready_failed = time.monotonic() - killed
+            time.sleep(0.1)
+        assert ready_failed is not None and ready_failed < 5, (ready_failed, "".join(lines[-40:]))
+        assert proc.wait(60) != 0, "".join(lines[-40:])
+        left = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        left = psutil.wait_procs(left, timeout=20)[1]
+        assert not left, f"processes outlived the server: {left}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_missing_generator_dir_fails_fast(tiny_llama: Path, tmp_path: Path) -> None:
     args = [str(BIN), "serve", "--model", str(tiny_llama), "--generator", str(tmp_path / "nope")]
     p = subprocess.run(args, env=_env(tmp_path), capture_output=True, text=True, timeout=120)

@@ -143,6 +143,7 @@ def test_k8s_objects_match_the_api_schemas(objects: dict[str, dict[str, Any]], v
         "PodDisruptionBudget",
         "PersistentVolumeClaim",
         "ServiceMonitor",
+        "NetworkPolicy",
     }
 
 
@@ -175,7 +176,8 @@ def _container(objects: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def _env(container: dict[str, Any]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in container["env"]}
+    """Literal env values (the ones from a Secret are checked in test_pod_hardening)."""
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
 
 
 def test_deployment_probes_gpu_and_drain(objects: dict[str, dict[str, Any]]) -> None:
@@ -244,6 +246,44 @@ def test_services_servicemonitor_pdb_select_the_pods(objects: dict[str, dict[str
     pdb = objects["PodDisruptionBudget/rewardserve"]["spec"]
     assert selects(pdb["selector"]["matchLabels"], pod_labels)
 
+    # The NetworkPolicy covers the pods, lets clients reach HTTP and gRPC and the monitoring
+    # namespace only HTTP (/metrics), and lets the pods open no connection out.
+    policy = objects["NetworkPolicy/rewardserve"]["spec"]
+    assert selects(policy["podSelector"]["matchLabels"], pod_labels)
+    assert policy["policyTypes"] == ["Ingress", "Egress"] and policy["egress"] == []
+    allowed = [{p["port"] for p in rule["ports"]} for rule in policy["ingress"]]
+    assert allowed == [{"http", "grpc"}, {"http"}]
+    container_ports = {p["name"] for p in _container(objects)["ports"]}
+    assert set().union(*allowed) <= container_ports
+
+
+def test_pod_hardening_limits_and_keys_from_a_secret(objects: dict[str, dict[str, Any]]) -> None:
+    pod = objects["Deployment/rewardserve"]["spec"]["template"]["spec"]
+    container = _container(objects)
+    sc = container["securityContext"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert pod["automountServiceAccountToken"] is False
+    # A read-only root needs writable emptyDirs for caches and /tmp.
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    for path in ("/tmp", "/home/rewardserve/.cache"):
+        assert "emptyDir" in volumes[mounts[path]], f"{path} must be a writable emptyDir"
+    limits = container["resources"]["limits"]
+    assert {"cpu", "memory", "ephemeral-storage"} <= set(limits)
+    # Keys come from a Secret, never as literal values in the manifest, under Settings' env names.
+    secret_env = {e["name"]: e["valueFrom"] for e in container["env"] if "valueFrom" in e}
+    assert set(secret_env) == {"REWARDSERVE_API_KEYS", "REWARDSERVE_ADMIN_KEYS"}
+    for name, source in secret_env.items():
+        assert source["secretKeyRef"]["name"] == "rewardserve-keys"
+        field = name.removeprefix("REWARDSERVE_").lower()
+        assert field in Settings.model_fields, f"{name} is not a setting"
+    # The drain budget fits in the grace period, with room for the preStop sleep and vLLM's stop.
+    drain = float(_env(container)["REWARDSERVE_DRAIN_TIMEOUT_S"])
+    pre_stop = float(container["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert pod["terminationGracePeriodSeconds"] >= pre_stop + drain + 15
+
 
 def test_hpa_scales_on_an_exported_queue_metric(objects: dict[str, dict[str, Any]]) -> None:
     from rewardserve.metrics import Metrics
@@ -288,7 +328,14 @@ def test_compose_parses_and_its_files_exist() -> None:
     assert rs_env["REWARDSERVE_HOST"] == "0.0.0.0"
     grace = int(services["rewardserve"]["stop_grace_period"].removesuffix("s"))
     assert grace > float(rs_env["REWARDSERVE_DRAIN_TIMEOUT_S"])
-    assert "8000:8000" in services["rewardserve"]["ports"]
+    # Bound to localhost only: exposing a port is a decision, not a default.
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+    assert "127.0.0.1:8000:8000" in services["rewardserve"]["ports"]
+    # Grafana has no default admin password: compose refuses to start without one.
+    password = services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", password), password
 
     # Prometheus scrapes the compose service; Grafana's provisioning points at Prometheus and loads
     # the dashboard from where compose mounts it.

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from rewardserve.errors import DeadlineExceeded, Draining, OutOfMemory, Overloaded
+from rewardserve.errors import DeadlineExceeded, Draining, InputError, OutOfMemory, Overloaded
 from rewardserve.scoring.batcher import Batcher, BatchStats
 
 # A hang is a failure here, not a wait for the global 300 s timeout.
@@ -422,9 +422,9 @@ async def test_out_of_memory_splits_and_lowers_the_budget(make_batcher: MakeBatc
     model.oom_if = lambda batch: False
     assert await batcher.submit([10, 11, 12], [2, 2, 2]) == [20, 22, 24]
     assert model.batches[7:] == [[10, 11], [12]]  # formed under the lowered budget
-    # An item that does not fit alone fails with the out-of-memory error itself.
+    # An item that does not fit alone is the input's fault: a client error (4xx), naming the input.
     model.oom_if = lambda batch: 13 in batch
-    with pytest.raises(OutOfMemory):
+    with pytest.raises(InputError, match=r"inputs\[0\]: out of device memory scoring this input alone"):
         await batcher.submit([13], [4])
     assert batcher.max_batch_tokens == 4  # never below what one item needs
     assert_idle(batcher)

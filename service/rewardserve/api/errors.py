@@ -17,6 +17,7 @@ from rewardserve.errors import (
     Forbidden,
     InvalidRequest,
     ModelNotFound,
+    NonFiniteReward,
     NotReady,
     NotSupported,
     Overloaded,
@@ -72,6 +73,8 @@ _TABLE: tuple[tuple[type[BaseException], _Rule], ...] = (
     (Unavailable, _Rule(503, "UNAVAILABLE", "unavailable", _own("server is not ready"))),
     (DeadlineExceeded, _Rule(504, "DEADLINE_EXCEEDED", "timeout", _fixed(_LATE))),
     (TimeoutError, _Rule(504, "DEADLINE_EXCEEDED", "timeout", _fixed(_LATE))),
+    # A server fault, but one with a precise, path-free message that names the input.
+    (NonFiniteReward, _Rule(500, "INTERNAL", "internal", _own("non-finite reward"))),
 )
 
 #: The exception classes the table maps (for transports that register handlers by class).

@@ -157,7 +157,7 @@ def peek_columns(path: Path, *, max_rows: int = 100) -> list[str]:
             seen += 1
             try:
                 obj = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):  # a bad row is reported when the shard is read
                 continue
             if isinstance(obj, dict):
                 names.update(dict.fromkeys(obj))
@@ -212,14 +212,37 @@ def _parse_line(raw: bytes) -> dict[str, Any] | str:
         obj = json.loads(text)
     except ValueError as exc:
         return f"invalid JSON: {exc}"
+    except RecursionError:  # json's C parser recurses per nesting level
+        return f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
     if not isinstance(obj, dict):
         return f"row is a JSON {type(obj).__name__}, not an object"
+    if _depth_exceeds(obj, MAX_JSON_DEPTH):
+        # Parsed, but deep enough to break what comes next (Arrow conversion, json.dumps).
+        return f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
     if _SURROGATE_ESCAPE.search(raw):
         try:  # paired surrogates decode to one character and are fine; a lone one cannot be encoded
             json.dumps(obj, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
             return "invalid UTF-8 (a lone surrogate escape such as \\udc80)"
     return obj
+
+
+#: Deepest JSON nesting a row may have; real log rows nest a few levels (messages in a list in a row).
+MAX_JSON_DEPTH = 64
+
+
+def _depth_exceeds(obj: Any, limit: int) -> bool:
+    """Whether ``obj`` nests deeper than ``limit`` (iterative: a deep value cannot blow the stack)."""
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+    return False
 
 
 def _read_parquet(file: InputFile, shard: Shard) -> RawRows:
@@ -235,7 +258,10 @@ def _read_parquet(file: InputFile, shard: Shard) -> RawRows:
                 first_group_start = group_start
             groups.append(g)
         group_start += n
-    table = pf.read_row_groups(groups).slice(shard.start - first_group_start, shard.rows)
+    try:
+        table = pf.read_row_groups(groups).slice(shard.start - first_group_start, shard.rows)
+    except (pa.ArrowException, OSError):
+        return _read_parquet_by_group(file, shard, pf, groups, first_group_start)
     if table.num_rows != shard.rows:
         raise BulkError(f"{file.path} has fewer rows than when it was scanned; rerun with --overwrite")
     rows: list[dict[str, Any] | str]
@@ -244,6 +270,31 @@ def _read_parquet(file: InputFile, shard: Shard) -> RawRows:
     except (UnicodeDecodeError, pa.ArrowException):
         rows = [_parquet_row(table, i) for i in range(table.num_rows)]
     return RawRows(rows=rows, where=list(range(shard.start, end)), table=table, kind="file_row")
+
+
+def _read_parquet_by_group(
+    file: InputFile, shard: Shard, pf: pq.ParquetFile, groups: list[int], group_start: int
+) -> RawRows:
+    """The shard's row groups one at a time, when reading them together failed: the rows of a corrupt
+    group become error rows (with the reason), the others are scored. Without one Arrow table for the
+    shard, the output's column types come from the rows (as for JSONL)."""
+    rows: list[dict[str, Any] | str] = []
+    for g in groups:
+        n = pf.metadata.row_group(g).num_rows
+        try:
+            got: list[dict[str, Any] | str] = list(pf.read_row_group(g).to_pylist())
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+            got = [f"unreadable Parquet row group {g}: {_short(exc)}"] * n
+        rows.extend(got)
+    rows = rows[shard.start - group_start : shard.start - group_start + shard.rows]
+    if len(rows) != shard.rows:
+        raise BulkError(f"{file.path} has fewer rows than when it was scanned; rerun with --overwrite")
+    return RawRows(rows=rows, where=list(range(shard.start, shard.start + shard.rows)), kind="file_row")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
 
 
 def _parquet_row(table: pa.Table, i: int) -> dict[str, Any] | str:

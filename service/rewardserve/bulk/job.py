@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -89,6 +90,9 @@ def process_shard(
     for i, result in zip(kept, results, strict=True):
         if isinstance(result, Failed):
             errors.append((i, result.reason))
+        elif not (math.isfinite(result.score) and all(math.isfinite(v) for v in result.values)):
+            # As the server answers 500 for it: a NaN/Inf is a failed row, never a reward in the output.
+            errors.append((i, f"the model produced a non-finite reward ({result.score})"))
         else:
             good.append(i)
             outputs.append(result)

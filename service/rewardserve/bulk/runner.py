@@ -7,6 +7,7 @@ each load the engine. Whatever the engine, this process alone records finished s
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 import time
@@ -192,6 +193,7 @@ def _model_identity(opts: BulkOptions) -> tuple[Path | None, dict[str, Any]]:
         )
     return path, {
         "model": str(path),
+        "weights": weights_fingerprint(path),
         "model_name": opts.name,
         "dtype": s.dtype,
         "max_input_tokens": s.max_input_tokens,
@@ -201,11 +203,40 @@ def _model_identity(opts: BulkOptions) -> tuple[Path | None, dict[str, Any]]:
     }
 
 
+def weights_fingerprint(model_dir: Path) -> str:
+    """What identifies a model's weights, cheaply (a few MB read whatever the model's size): for each
+    ``*.safetensors`` file, its name, size, and a sha256 of its header (every tensor's name, dtype,
+    shape and offsets) plus its first and last MiB. Retrained or fine-tuned weights at the same path
+    change it, so a resumed run never mixes rewards of two models."""
+    digest = hashlib.sha256()
+    for path in sorted(model_dir.glob("*.safetensors")):
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}:".encode())
+        with path.open("rb") as f:
+            digest.update(f.read(_MIB))  # the header (8-byte length + JSON) and the first tensors
+            if size > 2 * _MIB:
+                f.seek(size - _MIB)
+                digest.update(f.read(_MIB))
+            else:
+                digest.update(f.read())
+    return digest.hexdigest()[:32]
+
+
+_MIB = 1 << 20
+
+
 def _open_manifest(opts: BulkOptions, layout: Layout, paths: list[Path], fp: dict[str, Any]) -> Manifest:
     """The manifest of the unfinished run of this same command, or a new plan."""
     if layout.manifest.exists() and not opts.overwrite:
         manifest = Manifest.load(layout.manifest)
         diff = fingerprint_diff(manifest.fingerprint, fp)
+        if diff is not None and diff.startswith("option weights "):
+            raise BulkError(
+                f"{layout.parts_dir} holds an unfinished run scored with other weights: the model's "
+                "*.safetensors files changed since it started (same path, different weights), and one "
+                "output must not mix two models. Restore those weights to finish it, or add --overwrite "
+                "to start over."
+            )
         if diff is not None:
             raise BulkError(
                 f"{layout.parts_dir} holds an unfinished run of a different command: {diff}. Rerun that "

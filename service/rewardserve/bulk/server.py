@@ -19,13 +19,14 @@ from collections.abc import Sequence
 
 from rewardserve.bulk.job import Failed, OnProgress
 from rewardserve.client import AsyncRewardClient, RetryEvent, RetryPolicy
-from rewardserve.client.errors import InvalidRequest, NotSupported, RewardServeError
+from rewardserve.client.errors import InvalidRequest, NotSupported, RewardServeError, ServerError
 from rewardserve.client.types import Input, ScoreDetail
 from rewardserve.errors import BulkError
 from rewardserve.scoring.types import ScoreInput, ScoreOutput
 
 log = logging.getLogger(__name__)
 _INPUT_INDEX = re.compile(r"^inputs\[(\d+)\]: (.*)$", re.S)
+_NON_FINITE = re.compile(r"non-finite reward for input (\d+)")
 
 
 def client_input(inp: ScoreInput) -> Input:
@@ -158,6 +159,16 @@ class ServerScorer:
                     )
             except InvalidRequest as exc:
                 refused = exc
+            except ServerError as exc:
+                # A NaN/Inf reward fails its own request (500 naming the input): that row goes to the
+                # errors file and the others are sent again.
+                nan = _NON_FINITE.search(exc.message)
+                if nan is None or int(nan.group(1)) >= len(pending):
+                    raise self._failed("/v1/score", exc) from None
+                bad = int(nan.group(1))
+                out[pending[bad]] = Failed("the model produced a non-finite reward")
+                pending = pending[:bad] + pending[bad + 1 :]
+                continue
             except RewardServeError as exc:
                 raise self._failed("/v1/score", exc) from None
             else:

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import sys
+import threading
+import time
 from typing import Annotated, Any
 
 import typer
@@ -37,4 +42,27 @@ def serve(
         raise typer.Exit(2) from None
     from rewardserve.app import serve as run_server
 
-    raise typer.Exit(asyncio.run(run_server(settings)))
+    code = asyncio.run(run_server(settings))
+    exit_past_wedged_threads(code)
+    raise typer.Exit(code)
+
+
+def exit_past_wedged_threads(code: int) -> None:
+    """Exit now if a worker thread is still running after the drain. A forward pass wedged in its
+    compute thread cannot be interrupted, and the interpreter's exit would join it (thread pools
+    register an atexit join) and hold the process past the pod's grace period; its callers were
+    already answered 503. Idle pool threads exit on their own within moments: wait briefly for them."""
+    give_up = time.monotonic() + 0.5
+    for thread in threading.enumerate():
+        if thread is threading.main_thread() or thread.daemon:
+            continue
+        thread.join(max(0.0, give_up - time.monotonic()))
+    stuck = [t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if stuck:
+        logging.getLogger("rewardserve").warning(
+            "exiting with %d worker threads still busy (%s)", len(stuck), ", ".join(stuck[:4])
+        )
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

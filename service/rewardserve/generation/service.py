@@ -66,6 +66,7 @@ class GenerationService:
         self._calls = InFlight()
         self._closed = False
         self.active: set[str] = set()  # vLLM request ids submitted and not finished
+        self._busy_since = time.monotonic()  # when ``active`` last went from empty to non-empty
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -81,6 +82,25 @@ class GenerationService:
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no call is in flight. True if idle before the timeout."""
         return await self._calls.wait_idle(timeout)
+
+    @property
+    def engine_dead(self) -> bool:
+        """The vLLM engine core process is gone: nothing can be generated until a restart."""
+        return self.engine.dead
+
+    def stalled_seconds(self, now: float | None = None) -> float:
+        """With requests in the engine: seconds since it last produced output (or since the oldest
+        wait began). 0 when idle. The watchdog reads it."""
+        if not self.active:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        return now - max(self.engine.last_output, self._busy_since)
+
+    async def abort_all(self) -> None:
+        """Abort every request still in the engine (end of a drain, or the engine died); their
+        callers get an error now instead of waiting."""
+        if self.active and not self.engine_dead:
+            await self.engine.abort(sorted(self.active))
 
     async def close(self) -> None:
         """Refuse new calls, abort what is still running, stop the engine processes."""
@@ -262,6 +282,8 @@ class GenerationService:
             nonlocal finished
             finished = True
 
+        if not self.active:
+            self._busy_since = time.monotonic()
         self.active.add(request_id)
         try:
             yield done

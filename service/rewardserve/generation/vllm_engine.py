@@ -18,6 +18,7 @@ import asyncio
 import gc
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,13 @@ class VLLMEngine:
         # A fast tokenizer's Rust backend decodes finished samples here (completion_text); a slow one
         # leaves detokenizing to vLLM.
         self.decodes_text: bool = bool(getattr(self.tokenizer, "is_fast", False))
+        self.last_output = time.monotonic()  # when the engine last produced output (watchdog)
+
+    @property
+    def dead(self) -> bool:
+        """The engine core process died (vLLM noticed: its monitor thread or a failed call)."""
+        llm = self.llm
+        return llm is not None and bool(llm.errored)
 
     @classmethod
     def start(cls, path: Path, settings: Settings) -> VLLMEngine:
@@ -278,6 +286,7 @@ class VLLMEngine:
             # Token ids through vLLM's renderer (the supported input path; a bare dict is deprecated).
             (engine_input,) = await self.llm.renderer.render_cmpl_async([{"prompt_token_ids": prompt_ids}])
             async for out in self.llm.generate(engine_input, params, request_id):
+                self.last_output = time.monotonic()
                 yield out
         except GracefulHTTPError as exc:  # vLLM's own admission limits
             raise Overloaded(str(exc), retry_after_s=1.0) from None

@@ -8,6 +8,8 @@ Design (ARCHITECTURE.md, "The batcher"; TEI ``core/src/queue.rs``, Ray Serve ``_
 * ``submit`` is one request of N items. Admission is decided before anything is enqueued (bounded
   queued requests and queued tokens, TEI's ``try_acquire``), so overload costs one comparison. The
   caller awaits ONE future for the whole request; each item writes its slot and the last one resolves it.
+  ``admit`` takes the slot earlier, at arrival (before tokenizing), on an estimate, and also bounds
+  the estimated queue wait in seconds (scoring/admission.py): overload gets fast 429s.
 * A *former* task pops items FIFO while ``batch_cost`` stays within the token budget and the row cap
   (the first item that does not fit stays at the head), then ``prepare``s the batch on the "prepare"
   thread. A *runner* task ``run``s it on the "compute" thread. Between them is a channel of size one
@@ -27,23 +29,32 @@ Design (ARCHITECTURE.md, "The batcher"; TEI ``core/src/queue.rs``, Ray Serve ``_
 * Every future is resolved at most once (``done()`` is checked first: Ray #41057 killed its loop by
   skipping that) and, on every path, at least once: both loops catch everything but cancellation,
   ``close`` fails whatever is left, and counters are only ever changed by ``_unqueue``/``submit``.
+* ``check_result`` (optional) vets each result: an exception it returns fails that item's request
+  only (a NaN reward), never its batch mates.
+* Watchdog: ``stalled_seconds`` (the oldest ``run`` still running), ``dead`` (why a loop died).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from rewardserve.errors import DeadlineExceeded, Draining, OutOfMemory, Overloaded
+from rewardserve.errors import DeadlineExceeded, Draining, InputError, OutOfMemory, Overloaded
 from rewardserve.naming import setting_name
+from rewardserve.scoring.admission import Admission, AdmissionControl
+from rewardserve.scoring.batch_items import BatchStats
+from rewardserve.scoring.batch_items import Formed as _Formed
+from rewardserve.scoring.batch_items import Item as _Item
+from rewardserve.scoring.batch_items import Request as _Request
 
-__all__ = ["BatchStats", "Batcher"]
+__all__ = ["Admission", "BatchStats", "Batcher"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,57 +63,6 @@ _SHUTTING_DOWN = "the server is shutting down; retry on another replica"
 T = TypeVar("T")
 P = TypeVar("P")
 R = TypeVar("R")
-
-
-@dataclass(frozen=True)
-class BatchStats:
-    """What one successfully executed batch looked like; given to ``on_batch`` for metrics."""
-
-    rows: int
-    tokens: int
-    cost: int
-    queue_seconds: list[float]  # per item: from submit to the start of the run that computed it
-    prepare_seconds: float
-    run_seconds: float
-
-
-@dataclass(eq=False)
-class _Request(Generic[T, R]):
-    future: asyncio.Future[list[R]]
-    size: int
-    deadline: float | None
-    items: list[_Item[T, R]] = field(default_factory=list)
-    results: dict[int, R] = field(default_factory=dict)
-
-    def fail(self, exc: BaseException) -> None:
-        # A deadline, a client cancel or a sibling item may have resolved it already.
-        if not self.future.done():
-            self.future.set_exception(exc)
-
-    def put(self, index: int, value: R) -> None:
-        if self.future.done():
-            return
-        self.results[index] = value
-        if len(self.results) == self.size:
-            self.future.set_result([self.results[i] for i in range(self.size)])
-
-
-@dataclass(eq=False)
-class _Item(Generic[T, R]):
-    request: _Request[T, R]
-    index: int
-    value: T
-    tokens: int
-    cost: int  # batch_cost([tokens]): an item alone always fits, whatever the (lowered) budget
-    enqueued_at: float
-    queued: bool = True  # still counted in queued_items / queued_tokens
-
-
-@dataclass
-class _Formed(Generic[T, R, P]):
-    items: list[_Item[T, R]]
-    prepared: tuple[P, float] | None  # (prepared batch, prepare seconds)
-    error: Exception | None  # prepare raised: the runner bisects the batch
 
 
 class Batcher(Generic[T, P, R]):
@@ -121,6 +81,8 @@ class Batcher(Generic[T, P, R]):
         on_batch: Callable[[BatchStats], None] | None = None,
         name: str = "default",
         workers: int = 1,
+        max_queue_wait_s: float | None = None,
+        check_result: Callable[[int, R], Exception | None] | None = None,
     ) -> None:
         for what, value in (
             ("workers", workers),
@@ -137,11 +99,22 @@ class Batcher(Generic[T, P, R]):
         self._budget_limit = max_batch_tokens  # what admission checks items against
         self._budget = max_batch_tokens  # effective budget, lowered after an out-of-memory
         self._max_batch_rows = max_batch_rows
-        self._max_queued_requests = max_queued_requests
-        self._max_queued_tokens = max_queued_tokens
         self._on_batch = on_batch
         self._name = name
         self._workers = workers
+        self._check_result = check_result
+        self._admission = AdmissionControl(
+            max_queued_requests=max_queued_requests,
+            max_queued_tokens=max_queued_tokens,
+            max_queue_wait_s=max_queue_wait_s,
+            workers=workers,
+            batch_tokens=max_batch_tokens,
+            fallback_retry_after=self._retry_after,
+        )
+        self._running: dict[int, float] = {}  # run id -> monotonic start, for the watchdog
+        self._run_ids = itertools.count()
+        self.dead: str | None = None
+        """Why a batcher loop stopped unexpectedly (None while healthy)."""
         self._queue: deque[_Item[T, R]] = deque()
         self._requests: set[_Request[T, R]] = set()
         self._queued_items = 0
@@ -182,6 +155,22 @@ class Batcher(Generic[T, P, R]):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def admitted(self) -> int:
+        """Calls holding an admission slot (from ``admit`` to their answer)."""
+        return self._admission.admitted
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Measured throughput (None before the first batch)."""
+        return self._admission.tokens_per_s
+
+    def stalled_seconds(self, now: float | None = None) -> float:
+        """How long the oldest ``run`` still running has been running (0 when none is)."""
+        if not self._running:
+            return 0.0
+        return (time.monotonic() if now is None else now) - min(self._running.values())
 
     # --- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -229,22 +218,33 @@ class Batcher(Generic[T, P, R]):
         """Raise ``Draining`` or ``Overloaded`` now, before the caller spends time tokenizing."""
         if self._closed:
             raise Draining(_SHUTTING_DOWN)
-        if len(self._requests) >= self._max_queued_requests:
-            raise Overloaded(
-                f"{len(self._requests)} requests in flight (max_queued_requests={self._max_queued_requests})",
-                retry_after_s=self._retry_after(),
-            )
+        self._admission.check_count(max(self._admission.admitted, len(self._requests)))
 
     def _retry_after(self) -> float:
-        # Roughly the time to work off what is queued, from the recent batch time; bounded both ways.
+        # Before any throughput is measured: the time to work off what is queued, from the batch time.
         batches = max(1.0, self._queued_tokens / self._budget)
         return min(60.0, max(0.05, batches * self._batch_seconds))
 
+    @contextlib.contextmanager
+    def admit(self, tokens: int) -> Iterator[Admission]:
+        """Hold one call's admission slot for the block (``tokens``: estimated before tokenizing), or
+        raise Draining / InputError / Overloaded at once (scoring/admission.py). Pass it to submit."""
+        if self._closed:
+            raise Draining(_SHUTTING_DOWN)
+        with self._admission.admit(tokens) as admission:
+            yield admission
+
     async def submit(
-        self, items: Sequence[T], tokens: Sequence[int], *, deadline: float | None = None
+        self,
+        items: Sequence[T],
+        tokens: Sequence[int],
+        *,
+        deadline: float | None = None,
+        admission: Admission | None = None,
     ) -> list[R]:
         """Score ``items`` (``tokens[i]`` = length of ``items[i]``); results come back in item order.
-        ``deadline`` is an absolute ``time.monotonic()`` value."""
+        ``deadline`` is an absolute ``time.monotonic()`` value. With an ``admission`` (from ``admit``)
+        the call was admitted already: its reservation becomes the real token count."""
         if self._closed:
             raise Draining(_SHUTTING_DOWN)
         if not self._tasks:
@@ -256,27 +256,27 @@ class Batcher(Generic[T, P, R]):
         costs = [self._batch_cost([t]) for t in tokens]
         for i, cost in enumerate(costs):
             if cost > self._budget_limit:
-                raise ValueError(
+                raise InputError(
                     f"input {i} has {tokens[i]} tokens (batch cost {cost}), more than max_batch_tokens="
                     f"{self._budget_limit}, so it can never be batched; raise "
                     f"{setting_name('max_batch_tokens')} or lower {setting_name('max_input_tokens')} "
                     "(or truncate the input)"
                 )
         total = sum(tokens)
-        if total > self._max_queued_tokens:
-            # Overloaded would be a lie: no amount of retrying admits this request.
-            raise ValueError(
-                f"request has {total} tokens, more than max_queued_tokens={self._max_queued_tokens}; "
-                f"split it into smaller requests or raise {setting_name('max_queued_tokens')}"
-            )
+        self._admission.check_tokens(total)
         now = time.monotonic()
         if deadline is not None and deadline <= now:
             raise DeadlineExceeded("the request's deadline passed before it was queued")
-        self.check_admission()
-        if self._queued_tokens + total > self._max_queued_tokens:
+        if admission is not None:
+            # Admitted at arrival on an estimate; from now on the slot reserves the real count.
+            self._admission.settle(admission, total)
+        else:
+            self.check_admission()
+        limit = self._admission.max_queued_tokens
+        if admission is None and self._queued_tokens + total > limit:
             raise Overloaded(
-                f"{self._queued_tokens} tokens queued (max_queued_tokens={self._max_queued_tokens})",
-                retry_after_s=self._retry_after(),
+                f"{self._queued_tokens} tokens queued (max_queued_tokens={limit})",
+                retry_after_s=self._admission.retry_after(),
             )
 
         loop = asyncio.get_running_loop()
@@ -395,18 +395,30 @@ class Batcher(Generic[T, P, R]):
                 prepared = await self._prepare(live)  # dropped items must not reach run
             value, prepare_seconds = prepared
             started = time.monotonic()
-            results = await asyncio.get_running_loop().run_in_executor(
-                self._compute_pool, self._run_fn, value
-            )
+            run_id = next(self._run_ids)
+            self._running[run_id] = started
+            try:
+                results = await asyncio.get_running_loop().run_in_executor(
+                    self._compute_pool, self._run_fn, value
+                )
+            finally:
+                del self._running[run_id]
             run_seconds = time.monotonic() - started
             if len(results) != len(live):
                 raise RuntimeError(
                     f"the model returned {len(results)} results for a batch of {len(live)} inputs; "
                     "run() must return exactly one result per input, in order"
                 )
-        except OutOfMemory as exc:
+        except OutOfMemory:
             if len(live) == 1:
-                live[0].request.fail(exc)
+                # Alone and still too big: the input's fault, not the server's (a 4xx, not a 500).
+                live[0].request.fail(
+                    InputError(
+                        f"out of device memory scoring this input alone ({live[0].tokens} tokens); send "
+                        f"it shorter (or with truncate) or lower {setting_name('max_input_tokens')}",
+                        index=live[0].index,
+                    )
+                )
                 return
             self._lower_budget(live)
             await self._split(live)
@@ -419,8 +431,13 @@ class Batcher(Generic[T, P, R]):
             logger.warning("batcher %s: batch of %d failed (%r); bisecting", self._name, len(live), exc)
             await self._split(live)
             return
+        check = self._check_result
         for item, result in zip(live, results, strict=True):
-            item.request.put(item.index, result)
+            error = None if check is None else check(item.index, result)
+            if error is not None:
+                item.request.fail(error)  # this request only; its batch mates keep their results
+            else:
+                item.request.put(item.index, result)
         self._record(live, started, prepare_seconds, run_seconds)
 
     async def _split(self, live: list[_Item[T, R]]) -> None:
@@ -442,6 +459,7 @@ class Batcher(Generic[T, P, R]):
         self, live: list[_Item[T, R]], started: float, prepare_seconds: float, run_seconds: float
     ) -> None:
         self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * (prepare_seconds + run_seconds)
+        self._admission.record(sum(item.tokens for item in live), run_seconds)
         if self._on_batch is None:
             return
         try:
@@ -477,4 +495,5 @@ class Batcher(Generic[T, P, R]):
             "batcher %s: %s stopped unexpectedly", self._name, task.get_name(), exc_info=task.exception()
         )
         self._closed = True
+        self.dead = f"{task.get_name()} stopped: {task.exception()!r}"
         self._fail_all(lambda: Draining("the batcher stopped unexpectedly"))

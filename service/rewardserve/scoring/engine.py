@@ -209,7 +209,13 @@ class RewardEngine:
         pair = self._as_pair(inp)
         if self.has_chat_template and inp.text is None:
             msgs = self._as_messages(inp)
-            text = tok.apply_chat_template(msgs, tokenize=False)
+            try:
+                text = tok.apply_chat_template(msgs, tokenize=False)
+            except Exception as exc:  # jinja's raise_exception (roles not alternating...): the caller's input
+                raise InputError(
+                    f"the model's chat template rejected these messages: {_first_line(exc)}; check the "
+                    "roles and their order, or send the rendered conversation as text"
+                ) from None
             ids = list(tok(text, add_special_tokens=False)["input_ids"])
         elif inp.text is not None:
             # With a chat template, raw text already carries its special tokens (OpenRLHF sends
@@ -423,3 +429,9 @@ def _model_max_len(cfg: Any, tokenizer: PreTrainedTokenizerBase) -> int:
     candidates = [getattr(cfg, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
     known = [int(c) for c in candidates if isinstance(c, int) and 0 < c < 10_000_000]
     return min([*known, _MAX_DEFAULT_LEN])
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's message, one line, bounded (it is shown to the client)."""
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]

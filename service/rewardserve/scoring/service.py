@@ -3,6 +3,11 @@
 It owns the engine, the batcher and the tokenizer thread. Order of work for a call: cheap admission
 check (no tokenizing for a request that will be refused) -> tokenize in the tokenizer thread ->
 batcher (token budget, deadlines) -> engine. Counting in-flight calls lets a drain wait for them.
+
+Admission is taken at arrival, on a token count estimated from the characters (``estimate_tokens``),
+and held until the answer, so calls waiting for the tokenizer count against the bounds too. Every
+result is checked: a NaN or infinite reward fails its own request (``NonFiniteReward``, HTTP 500 /
+INTERNAL), never its batch mates, and never reaches JSON (which cannot carry it).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from rewardserve.config import Settings
-from rewardserve.errors import InputError, ModelNotFound
+from rewardserve.errors import InputError, ModelNotFound, NonFiniteReward
 from rewardserve.inflight import InFlight
 from rewardserve.metrics import Metrics
 from rewardserve.naming import setting_name
@@ -88,6 +93,8 @@ class ScoringService:
             on_batch=self._on_batch,
             name=self.name,
             workers=engine.workers,
+            max_queue_wait_s=settings.max_queue_wait_s,
+            check_result=_check_finite,
         )
         # One thread: HF fast tokenizers raise "Already borrowed" when two threads use one at once.
         self._tokenize = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rewardserve-tokenize")
@@ -161,13 +168,18 @@ class ScoringService:
             return []
         self._check_sizes(inputs, truncate)
         deadline = time.monotonic() + (timeout if timeout is not None else self.settings.request_timeout_s)
-        self.batcher.check_admission()
-        with self._calls.track():
+        estimate = sum(self.estimate_tokens(inp) for inp in inputs)
+        with self.batcher.admit(estimate) as admission, self._calls.track():
             loop = asyncio.get_running_loop()
             t0 = time.perf_counter()
             encoded = await loop.run_in_executor(self._tokenize, self._encode_all, list(inputs), truncate)
             self.metrics.tokenize_duration.labels(self.name).observe(time.perf_counter() - t0)
-            outputs = await self.batcher.submit(encoded, [e.n_tokens for e in encoded], deadline=deadline)
+            tokens = [e.n_tokens for e in encoded]
+            try:
+                outputs = await self.batcher.submit(encoded, tokens, deadline=deadline, admission=admission)
+            except NonFiniteReward:
+                self.metrics.rejected.labels("non_finite").inc()
+                raise
         self._observe(inputs, outputs)
         return outputs
 
@@ -203,6 +215,7 @@ class ScoringService:
         for i, inp in enumerate(inputs):
             chars = len(inp.prompt or "") + len(inp.response or "") + len(inp.text or "")
             chars += sum(len(m.content) + len(m.role) for m in inp.messages or ())
+            chars += sum(len(step) for step in inp.steps or ())
             if chars > limit:
                 raise InputError(
                     f"{chars} characters; the limit is {limit} (input_chars_per_token x max_input_tokens"
@@ -210,6 +223,15 @@ class ScoringService:
                     f"{setting_name('input_chars_per_token')} or {setting_name('max_input_tokens')}",
                     index=i,
                 )
+
+    def estimate_tokens(self, inp: ScoreInput) -> int:
+        """Tokens ``inp`` will have, guessed from its characters before any tokenizing (admission):
+        ~4 characters a token for English BPE, plus the chat template's framing, capped at the
+        longest accepted input. The reservation is corrected to the real count once tokenized."""
+        chars = sum(len(m.content) + len(m.role) for m in inp.messages or ())
+        chars += sum(len(t) for t in (inp.prompt, inp.response, inp.text) if t is not None)
+        chars += sum(len(step) for step in inp.steps or ())
+        return min(self.engine.max_input_tokens, chars // _CHARS_PER_TOKEN + _FRAMING_TOKENS)
 
     def _on_batch(self, stats: BatchStats) -> None:
         m, name = self.metrics, self.name
@@ -235,6 +257,20 @@ class ScoringService:
             except InputError as exc:
                 raise InputError(str(exc), index=i) from None
         return out
+
+
+_CHARS_PER_TOKEN = 4
+_FRAMING_TOKENS = 16
+
+
+def _check_finite(index: int, out: ScoreOutput) -> NonFiniteReward | None:
+    """The batcher's per-result check: a NaN/Inf reward fails its own request only."""
+    if math.isfinite(out.score) and all(math.isfinite(v) for v in out.values):
+        return None
+    return NonFiniteReward(
+        f"the model produced a non-finite reward for input {index} ({out.score}); the model or this "
+        "input is broken (other inputs are unaffected)"
+    )
 
 
 def _response_text(inp: ScoreInput) -> str:

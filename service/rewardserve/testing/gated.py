@@ -3,13 +3,18 @@
 ``ServerThread(settings, load_model=gated_loader)`` (or ``RewardServer(..., load_model=...)``) serves
 a ``GatedModel``; ``with gated(srv.scoring.engine) as gate:`` then holds every batch at ``run`` until
 ``gate.release`` is set, recording what reached it. Outside the block it is the plain engine.
+``delay`` slows every forward (a slow model for overload tests); ``nan_if`` turns the reward of the
+inputs it picks into NaN (a broken model for the non-finite tests); ``failure`` makes ``run`` raise.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from rewardserve.app import load_engine
@@ -35,6 +40,8 @@ class GatedModel:
         self.inner = engine
         self.gate: Gate | None = None
         self.failure: BaseException | None = None
+        self.delay = 0.0
+        self.nan_if: Callable[[Encoded], bool] | None = None
 
     @property
     def info(self) -> ModelInfo:
@@ -65,7 +72,16 @@ class GatedModel:
             gate.seen.extend(list(e.input_ids) for e in batch.items)
             gate.entered.set()
             gate.release.wait(60)
-        return self.inner.run(batch)
+        if self.delay:
+            time.sleep(self.delay)
+        outputs = self.inner.run(batch)
+        nan_if = self.nan_if
+        if nan_if is None:
+            return outputs
+        return [
+            dataclasses.replace(out, score=math.nan) if nan_if(item) else out
+            for out, item in zip(outputs, batch.items, strict=True)
+        ]
 
 
 async def gated_loader(settings: Settings) -> ScoringModel:

@@ -148,6 +148,11 @@ class GrpcServer:
         for service in ("", *SERVICES):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
+    async def set_not_serving(self) -> None:
+        """Health NOT_SERVING for "" and every service (the watchdog: a forward is stuck)."""
+        for service in ("", *SERVICES):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+
     async def begin_drain(self) -> None:
         """Health NOT_SERVING from now on; open streams stop taking messages."""
         self.draining.set()

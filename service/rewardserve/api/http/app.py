@@ -42,16 +42,17 @@ async def metrics(runtime: RuntimeDep) -> Response:
 
 
 @router.get("/health/live")
-async def live() -> dict[str, str]:
-    return {"status": "live"}
+async def live(runtime: RuntimeDep) -> JSONResponse:
+    # Fails only when the process cannot recover (engine or batcher dead) and is exiting anyway.
+    if runtime.live:
+        return JSONResponse({"status": "live"})
+    return JSONResponse({"status": "failed"}, status_code=503)
 
 
 @router.get("/health/ready")
 async def ready(runtime: RuntimeDep) -> JSONResponse:
-    if runtime.ready:
-        return JSONResponse({"status": "ready"})
-    status = "draining" if runtime.draining else ("failed" if runtime.load_error else "loading")
-    return JSONResponse({"status": status}, status_code=503)
+    status = runtime.status
+    return JSONResponse({"status": status}, status_code=200 if status == "ready" else 503)
 
 
 @router.get("/v1/models")
