@@ -287,7 +287,7 @@ class RewardServer:
             dead = [(n, s.batcher.dead) for n, s in services.items() if s.batcher.dead is not None]
             if dead:
                 name, why = dead[0]
-                self.fail(f"the scoring batcher of {name!r} died ({why})")
+                self.fail(f"the scoring batcher died ({name!r}: {why})")
                 return
             if generation is not None and generation.engine_dead:
                 self.fail("the vLLM engine core process died")
