@@ -13,11 +13,10 @@ import torch
 
 from rewardserve.config import Settings
 from rewardserve.errors import ConfigError
-from rewardserve.functions._compat import ScoreInput, ScoreOptions
 from rewardserve.generation.judge import JudgeConfig, JudgeSource, choice_token_ids, template_variables
 from rewardserve.generation.service import GenerationService, start_generation
 from rewardserve.metrics import Metrics
-from rewardserve.scoring.types import Message
+from rewardserve.scoring.types import Message, ScoreInput, ScoreOptions
 
 pytestmark = [pytest.mark.vllm, pytest.mark.asyncio(loop_scope="module")]
 
@@ -159,14 +158,14 @@ async def test_multi_token_choice_is_refused_at_start(generation: GenerationServ
 async def test_a_judge_with_its_own_engine(judge_model: Path, generation: GenerationService) -> None:
     """`path:` starts an engine for the judge alone, closed with it; `engine: generator` without a
     generator is refused at start-up."""
-    from rewardserve.functions._compat import BuildContext
     from rewardserve.generation.judge import build_judge, parse_judge
+    from rewardserve.registry import BuildContext
 
     settings = Settings(
         generator_dtype="float32", generator_max_model_len=512, generator_kv_cache_bytes=64 * 2**20
     )
     data = {"name": "own", "path": str(judge_model), "template": TEMPLATE, "choices": CHOICES}
-    judge = await build_judge(parse_judge(data, "judges[0]", Path.cwd()), BuildContext(settings, None))
+    judge = await build_judge(parse_judge(data, "judges[0]", Path.cwd()), BuildContext(settings, Metrics()))
     try:
         assert judge.owns_engine and judge.generation is not generation
         (result,) = await judge.score(INPUTS[:1], ScoreOptions())
@@ -179,7 +178,7 @@ async def test_a_judge_with_its_own_engine(judge_model: Path, generation: Genera
         await judge.close()
     with pytest.raises(ConfigError, match="no generator is served"):
         shared = {"name": "j", "engine": "generator", "template": TEMPLATE, "choices": CHOICES}
-        await build_judge(parse_judge(shared, "judges[1]", Path.cwd()), BuildContext(settings, None))
+        await build_judge(parse_judge(shared, "judges[1]", Path.cwd()), BuildContext(settings, Metrics()))
     with pytest.raises(ConfigError, match="exactly one of `choices"):
         parse_judge({"name": "j", "engine": "generator", "template": TEMPLATE}, "judges[2]", Path.cwd())
     with pytest.raises(ConfigError, match="capture group"):

@@ -145,10 +145,25 @@ def _parse_composite(data: Mapping[str, Any], where: str, base_dir: Path) -> Ent
     return Entry(cfg.name, "composite", where, cfg, tuple(cfg.weights))
 
 
+def _parse_function(data: Mapping[str, Any], where: str, base_dir: Path) -> Entry:
+    # Imported here: functions/ and generation/ import this module (Entry, NAME_PATTERN).
+    from rewardserve.functions.source import parse_function
+
+    return parse_function(data, where, base_dir)
+
+
+def _parse_judge(data: Mapping[str, Any], where: str, base_dir: Path) -> Entry:
+    from rewardserve.generation.judge import parse_judge
+
+    return parse_judge(data, where, base_dir)
+
+
 SECTIONS: dict[str, SectionParser] = {
     "models": _parse_model,
     "ensembles": _parse_ensemble,
     "composites": _parse_composite,
+    "functions": _parse_function,
+    "judges": _parse_judge,
 }
 
 
@@ -246,21 +261,29 @@ def parse_model_flag(value: str, default_name: str) -> tuple[str, str]:
 
 
 def from_settings(settings: Settings) -> list[Entry]:
-    """The declaration in Settings: --config FILE, else --model (repeatable), else the demo model."""
+    """The declaration in Settings: --config FILE, else --model (repeatable), else the demo model;
+    then the reward functions of --reward-fn (repeatable), after the models."""
     flags = ([str(settings.model)] if settings.model is not None else []) + list(settings.models)
+    functions = [_reward_fn_flag(v, i) for i, v in enumerate(settings.reward_fn)]
     if settings.config is not None:
         if flags:
             raise ConfigError(
                 "give either --config or --model, not both: the config file declares the models"
             )
-        return load_config_file(settings.config)
+        return validate([*load_config_file(settings.config), *functions])
     if not flags:
-        return validate([_parse_model({"name": settings.model_name}, "--model", Path.cwd())])
+        return validate([_parse_model({"name": settings.model_name}, "--model", Path.cwd()), *functions])
     entries = []
     for i, flag in enumerate(flags):
         name, path = parse_model_flag(flag, settings.model_name)
         entries.append(_parse_model({"name": name, "path": path}, f"--model[{i}]", Path.cwd()))
-    return validate(entries)
+    return validate([*entries, *functions])
+
+
+def _reward_fn_flag(value: str, index: int) -> Entry:
+    from rewardserve.functions.source import parse_reward_fn_flag
+
+    return parse_reward_fn_flag(value, index, Path.cwd())
 
 
 def validate(entries: Sequence[Entry]) -> list[Entry]:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brewardserve/v1/reward.proto\x12\x0erewardserve.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x96\x01\n\x05Input\x12\x13\n\x06prompt\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x15\n\x08response\x18\x02 \x01(\tH\x01\x88\x01\x01\x12-\n\x08messages\x18\x03 \x03(\x0b\x32\x1b.rewardserve.v1.ChatMessage\x12\x11\n\x04text\x18\x04 \x01(\tH\x02\x88\x01\x01\x42\t\n\x07_promptB\x0b\n\t_responseB\x07\n\x05_text\"V\n\x0cScoreRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12%\n\x06inputs\x18\x02 \x03(\x0b\x32\x15.rewardserve.v1.Input\x12\x10\n\x08truncate\x18\x03 \x01(\x08\"\x9a\x01\n\x06\x44\x65tail\x12\x0e\n\x06tokens\x18\x01 \x01(\r\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x12:\n\nobjectives\x18\x03 \x03(\x0b\x32&.rewardserve.v1.Detail.ObjectivesEntry\x1a\x31\n\x0fObjectivesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1e\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x04\"}\n\rScoreResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06scores\x18\x02 \x03(\x01\x12\'\n\x07\x64\x65tails\x18\x03 \x03(\x0b\x32\x16.rewardserve.v1.Detail\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x15.rewardserve.v1.Usage\"h\n\x12ScoreStreamRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12%\n\x06inputs\x18\x03 \x03(\x0b\x32\x15.rewardserve.v1.Input\x12\x10\n\x08truncate\x18\x04 \x01(\x08\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x86\x01\n\x13ScoreStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x31\n\x08response\x18\x02 \x01(\x0b\x32\x1d.rewardserve.v1.ScoreResponseH\x00\x12&\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x15.rewardserve.v1.ErrorH\x00\x42\x08\n\x06result\",\n\x04Pair\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\t\n\x01\x61\x18\x02 \x01(\t\x12\t\n\x01\x62\x18\x03 \x01(\t\"V\n\x0e\x43ompareRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12#\n\x05pairs\x18\x02 \x03(\x0b\x32\x14.rewardserve.v1.Pair\x12\x10\n\x08truncate\x18\x03 \x01(\x08\"H\n\x0f\x43ompareResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rprobabilities\x18\x02 \x03(\x01\x12\x0f\n\x07margins\x18\x03 \x03(\x01\"\x13\n\x11ListModelsRequest\"\xdc\x01\n\tModelCard\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x12\n\nmodel_type\x18\x03 \x01(\t\x12\x18\n\x10max_input_tokens\x18\x04 \x01(\r\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\x0c\n\x04head\x18\x07 \x01(\t\x12\x12\n\nobjectives\x18\x08 \x03(\t\x12\x16\n\x0e\x62\x61tch_strategy\x18\t \x01(\t\x12\x15\n\rchat_template\x18\n \x01(\x08\x12\x0f\n\x07kernels\x18\x0b \x01(\t\"?\n\x12ListModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.rewardserve.v1.ModelCard2\xd2\x02\n\rRewardService\x12\x44\n\x05Score\x12\x1c.rewardserve.v1.ScoreRequest\x1a\x1d.rewardserve.v1.ScoreResponse\x12Z\n\x0bScoreStream\x12\".rewardserve.v1.ScoreStreamRequest\x1a#.rewardserve.v1.ScoreStreamResponse(\x01\x30\x01\x12J\n\x07\x43ompare\x12\x1e.rewardserve.v1.CompareRequest\x1a\x1f.rewardserve.v1.CompareResponse\x12S\n\nListModels\x12!.rewardserve.v1.ListModelsRequest\x1a\".rewardserve.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brewardserve/v1/reward.proto\x12\x0erewardserve.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xdf\x01\n\x05Input\x12\x13\n\x06prompt\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x15\n\x08response\x18\x02 \x01(\tH\x01\x88\x01\x01\x12-\n\x08messages\x18\x03 \x03(\x0b\x32\x1b.rewardserve.v1.ChatMessage\x12\x11\n\x04text\x18\x04 \x01(\tH\x02\x88\x01\x01\x12\x12\n\nlabel_json\x18\x64 \x01(\t\x12\x15\n\rmetadata_json\x18\x65 \x01(\t\x12\x12\n\x05group\x18\x66 \x01(\tH\x03\x88\x01\x01\x42\t\n\x07_promptB\x0b\n\t_responseB\x07\n\x05_textB\x08\n\x06_group\"i\n\x0cScoreRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12%\n\x06inputs\x18\x02 \x03(\x0b\x32\x15.rewardserve.v1.Input\x12\x10\n\x08truncate\x18\x03 \x01(\x08\x12\x11\n\tadvantage\x18\x64 \x01(\t\"\x82\x02\n\x06\x44\x65tail\x12\x0e\n\x06tokens\x18\x01 \x01(\r\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x12:\n\nobjectives\x18\x03 \x03(\x0b\x32&.rewardserve.v1.Detail.ObjectivesEntry\x12\x0e\n\x06status\x18\x66 \x01(\t\x12\x0c\n\x04mask\x18g \x01(\x08\x12\x13\n\x0b\x65xtras_json\x18\x64 \x01(\t\x12\x16\n\tadvantage\x18\x65 \x01(\x01H\x00\x88\x01\x01\x12\r\n\x05\x65rror\x18h \x01(\t\x1a\x31\n\x0fObjectivesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x0c\n\n_advantage\"\x1e\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x04\"}\n\rScoreResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06scores\x18\x02 \x03(\x01\x12\'\n\x07\x64\x65tails\x18\x03 \x03(\x0b\x32\x16.rewardserve.v1.Detail\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x15.rewardserve.v1.Usage\"h\n\x12ScoreStreamRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12%\n\x06inputs\x18\x03 \x03(\x0b\x32\x15.rewardserve.v1.Input\x12\x10\n\x08truncate\x18\x04 \x01(\x08\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x86\x01\n\x13ScoreStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x31\n\x08response\x18\x02 \x01(\x0b\x32\x1d.rewardserve.v1.ScoreResponseH\x00\x12&\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x15.rewardserve.v1.ErrorH\x00\x42\x08\n\x06result\",\n\x04Pair\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\t\n\x01\x61\x18\x02 \x01(\t\x12\t\n\x01\x62\x18\x03 \x01(\t\"V\n\x0e\x43ompareRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12#\n\x05pairs\x18\x02 \x03(\x0b\x32\x14.rewardserve.v1.Pair\x12\x10\n\x08truncate\x18\x03 \x01(\x08\"H\n\x0f\x43ompareResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rprobabilities\x18\x02 \x03(\x01\x12\x0f\n\x07margins\x18\x03 \x03(\x01\"\x13\n\x11ListModelsRequest\"\xdc\x01\n\tModelCard\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x12\n\nmodel_type\x18\x03 \x01(\t\x12\x18\n\x10max_input_tokens\x18\x04 \x01(\r\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\x0c\n\x04head\x18\x07 \x01(\t\x12\x12\n\nobjectives\x18\x08 \x03(\t\x12\x16\n\x0e\x62\x61tch_strategy\x18\t \x01(\t\x12\x15\n\rchat_template\x18\n \x01(\x08\x12\x0f\n\x07kernels\x18\x0b \x01(\t\"?\n\x12ListModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.rewardserve.v1.ModelCard2\xd2\x02\n\rRewardService\x12\x44\n\x05Score\x12\x1c.rewardserve.v1.ScoreRequest\x1a\x1d.rewardserve.v1.ScoreResponse\x12Z\n\x0bScoreStream\x12\".rewardserve.v1.ScoreStreamRequest\x1a#.rewardserve.v1.ScoreStreamResponse(\x01\x30\x01\x12J\n\x07\x43ompare\x12\x1e.rewardserve.v1.CompareRequest\x1a\x1f.rewardserve.v1.CompareResponse\x12S\n\nListModels\x12!.rewardserve.v1.ListModelsRequest\x1a\".rewardserve.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,35 +36,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATMESSAGE']._serialized_start=47
   _globals['_CHATMESSAGE']._serialized_end=91
   _globals['_INPUT']._serialized_start=94
-  _globals['_INPUT']._serialized_end=244
-  _globals['_SCOREREQUEST']._serialized_start=246
-  _globals['_SCOREREQUEST']._serialized_end=332
-  _globals['_DETAIL']._serialized_start=335
-  _globals['_DETAIL']._serialized_end=489
-  _globals['_DETAIL_OBJECTIVESENTRY']._serialized_start=440
-  _globals['_DETAIL_OBJECTIVESENTRY']._serialized_end=489
-  _globals['_USAGE']._serialized_start=491
-  _globals['_USAGE']._serialized_end=521
-  _globals['_SCORERESPONSE']._serialized_start=523
-  _globals['_SCORERESPONSE']._serialized_end=648
-  _globals['_SCORESTREAMREQUEST']._serialized_start=650
-  _globals['_SCORESTREAMREQUEST']._serialized_end=754
-  _globals['_ERROR']._serialized_start=756
-  _globals['_ERROR']._serialized_end=794
-  _globals['_SCORESTREAMRESPONSE']._serialized_start=797
-  _globals['_SCORESTREAMRESPONSE']._serialized_end=931
-  _globals['_PAIR']._serialized_start=933
-  _globals['_PAIR']._serialized_end=977
-  _globals['_COMPAREREQUEST']._serialized_start=979
-  _globals['_COMPAREREQUEST']._serialized_end=1065
-  _globals['_COMPARERESPONSE']._serialized_start=1067
-  _globals['_COMPARERESPONSE']._serialized_end=1139
-  _globals['_LISTMODELSREQUEST']._serialized_start=1141
-  _globals['_LISTMODELSREQUEST']._serialized_end=1160
-  _globals['_MODELCARD']._serialized_start=1163
-  _globals['_MODELCARD']._serialized_end=1383
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1385
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1448
-  _globals['_REWARDSERVICE']._serialized_start=1451
-  _globals['_REWARDSERVICE']._serialized_end=1789
+  _globals['_INPUT']._serialized_end=317
+  _globals['_SCOREREQUEST']._serialized_start=319
+  _globals['_SCOREREQUEST']._serialized_end=424
+  _globals['_DETAIL']._serialized_start=427
+  _globals['_DETAIL']._serialized_end=685
+  _globals['_DETAIL_OBJECTIVESENTRY']._serialized_start=622
+  _globals['_DETAIL_OBJECTIVESENTRY']._serialized_end=671
+  _globals['_USAGE']._serialized_start=687
+  _globals['_USAGE']._serialized_end=717
+  _globals['_SCORERESPONSE']._serialized_start=719
+  _globals['_SCORERESPONSE']._serialized_end=844
+  _globals['_SCORESTREAMREQUEST']._serialized_start=846
+  _globals['_SCORESTREAMREQUEST']._serialized_end=950
+  _globals['_ERROR']._serialized_start=952
+  _globals['_ERROR']._serialized_end=990
+  _globals['_SCORESTREAMRESPONSE']._serialized_start=993
+  _globals['_SCORESTREAMRESPONSE']._serialized_end=1127
+  _globals['_PAIR']._serialized_start=1129
+  _globals['_PAIR']._serialized_end=1173
+  _globals['_COMPAREREQUEST']._serialized_start=1175
+  _globals['_COMPAREREQUEST']._serialized_end=1261
+  _globals['_COMPARERESPONSE']._serialized_start=1263
+  _globals['_COMPARERESPONSE']._serialized_end=1335
+  _globals['_LISTMODELSREQUEST']._serialized_start=1337
+  _globals['_LISTMODELSREQUEST']._serialized_end=1356
+  _globals['_MODELCARD']._serialized_start=1359
+  _globals['_MODELCARD']._serialized_end=1579
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1581
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1644
+  _globals['_REWARDSERVICE']._serialized_start=1647
+  _globals['_REWARDSERVICE']._serialized_end=1985
 # @@protoc_insertion_point(module_scope)

@@ -15,29 +15,37 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class Input(_message.Message):
-    __slots__ = ("prompt", "response", "messages", "text")
+    __slots__ = ("prompt", "response", "messages", "text", "label_json", "metadata_json", "group")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    LABEL_JSON_FIELD_NUMBER: _ClassVar[int]
+    METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     response: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
     text: str
-    def __init__(self, prompt: _Optional[str] = ..., response: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., text: _Optional[str] = ...) -> None: ...
+    label_json: str
+    metadata_json: str
+    group: str
+    def __init__(self, prompt: _Optional[str] = ..., response: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., text: _Optional[str] = ..., label_json: _Optional[str] = ..., metadata_json: _Optional[str] = ..., group: _Optional[str] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("model", "inputs", "truncate")
+    __slots__ = ("model", "inputs", "truncate", "advantage")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    ADVANTAGE_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: _containers.RepeatedCompositeFieldContainer[Input]
     truncate: bool
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., truncate: _Optional[bool] = ...) -> None: ...
+    advantage: str
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., truncate: _Optional[bool] = ..., advantage: _Optional[str] = ...) -> None: ...
 
 class Detail(_message.Message):
-    __slots__ = ("tokens", "truncated", "objectives")
+    __slots__ = ("tokens", "truncated", "objectives", "status", "mask", "extras_json", "advantage", "error")
     class ObjectivesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -48,10 +56,20 @@ class Detail(_message.Message):
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     OBJECTIVES_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
+    EXTRAS_JSON_FIELD_NUMBER: _ClassVar[int]
+    ADVANTAGE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     tokens: int
     truncated: bool
     objectives: _containers.ScalarMap[str, float]
-    def __init__(self, tokens: _Optional[int] = ..., truncated: _Optional[bool] = ..., objectives: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    status: str
+    mask: bool
+    extras_json: str
+    advantage: float
+    error: str
+    def __init__(self, tokens: _Optional[int] = ..., truncated: _Optional[bool] = ..., objectives: _Optional[_Mapping[str, float]] = ..., status: _Optional[str] = ..., mask: _Optional[bool] = ..., extras_json: _Optional[str] = ..., advantage: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens",)
