@@ -30,7 +30,7 @@ from rewardserve.functions.pool import CallResult, WorkerPool, default_workers
 from rewardserve.functions.worker import BUILTINS, resolve_target
 from rewardserve.metrics import Metrics
 from rewardserve.scoring.types import RewardResult, ScoreInput, ScoreOptions
-from rewardserve.sources.spec import NAME_PATTERN, Entry
+from rewardserve.sources.entry import NAME_PATTERN, Entry
 
 if TYPE_CHECKING:
     from rewardserve.registry import BuildContext

@@ -42,7 +42,7 @@ from rewardserve.errors import ConfigError, RewardServeError
 from rewardserve.generation.service import GenerationService, start_generation
 from rewardserve.metrics import Metrics
 from rewardserve.scoring.types import RewardResult, ScoreInput, ScoreOptions
-from rewardserve.sources.spec import NAME_PATTERN, Entry
+from rewardserve.sources.entry import NAME_PATTERN, Entry
 
 if TYPE_CHECKING:
     from rewardserve.registry import BuildContext

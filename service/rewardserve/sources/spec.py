@@ -22,8 +22,10 @@ from rewardserve.config import BatchStrategy, Device, DType, Settings
 from rewardserve.errors import ConfigError
 from rewardserve.scoring.types import Reduce, StepReduce
 from rewardserve.sources.aggregate import Normalization
+from rewardserve.sources.entry import NAME_PATTERN, Entry
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # safe in URLs (/get_reward/{name}) and labels
+__all__ = ["NAME_PATTERN", "SECTIONS", "Entry", "from_settings", "parse_config", "validate"]
+
 _NAME = re.compile(NAME_PATTERN)
 MODEL_KINDS = frozenset({"model", "prm"})
 # Settings a model entry may override (each model has its own engine, batcher and budget).
@@ -96,18 +98,6 @@ class ModelPlan:
 
     config: ModelConfig
     normalization: Normalization | None
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One declared source, checked on its own; ``validate`` checks it against the others."""
-
-    name: str
-    kind: str
-    where: str  # "models[2]", for error messages
-    plan: Any  # what the kind's builder needs (ModelPlan, EnsembleConfig, ...)
-    refs: tuple[str, ...] = ()
-    ref_kinds: frozenset[str] | None = None  # kinds refs may have; None = any
 
 
 _C = TypeVar("_C", bound=BaseModel)
