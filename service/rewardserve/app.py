@@ -25,6 +25,7 @@ from rewardserve.api.http import build_http_app
 from rewardserve.config import Settings
 from rewardserve.demo.paths import resolve_model_path
 from rewardserve.metrics import Metrics
+from rewardserve.registry import Registry
 from rewardserve.runtime import Runtime
 from rewardserve.scoring.engine import RewardEngine
 from rewardserve.scoring.service import ScoringModel, ScoringService
@@ -68,6 +69,30 @@ async def load_scoring(
         torch.get_num_threads(),
     )
     return service
+
+
+async def load_registry(
+    settings: Settings, metrics: Metrics, generation: GenerationService | None
+) -> Registry:
+    """Every declared source (--config, several --model, --reward-fn), built and started: models
+    load and warm up, reward functions start their workers, judges check their choices."""
+    from rewardserve.sources import spec
+
+    entries = await asyncio.to_thread(spec.from_settings, settings)
+    registry = await Registry.build(entries, settings, metrics=metrics, generation=generation)
+    try:
+        await registry.start()
+    except BaseException:
+        await registry.close(drain=False)
+        raise
+    for card in registry.cards():
+        log.info("reward source %r ready (%s)", card["id"], card.get("kind", "model"))
+    return registry
+
+
+def declares_registry(settings: Settings) -> bool:
+    """More than one model, a config file, or reward functions: a registry rather than one model."""
+    return settings.config is not None or bool(settings.models) or bool(settings.reward_fn)
 
 
 class _UvicornServer(uvicorn.Server):
@@ -176,13 +201,19 @@ class RewardServer:
 
     async def _load(self) -> None:
         try:
-            if self.runtime.scoring is None:
+            if self.runtime.scoring is None and declares_registry(self.settings):
+                # The generator first: judges with `engine: generator` are built on it.
+                await self._start_generation()
+                registry = await load_registry(self.settings, self.runtime.metrics, self.runtime.generation)
+                self.runtime.registry = registry
+                services = registry.scoring_services()
+                self.runtime.scoring = services.get(registry.default.name) or next(
+                    iter(services.values()), None
+                )
+            if self.runtime.scoring is None and self.runtime.registry is None:
                 scoring = await load_scoring(self.settings, self.runtime.metrics, self._load_model)
                 self.runtime.scoring = scoring
-            if self._generator_missing() and not self.runtime.draining:
-                from rewardserve.generation.service import start_generation
-
-                self.runtime.generation = await start_generation(self.settings, self.runtime.metrics)
+            await self._start_generation()
             if self.runtime.ready:
                 await self._now_serving()
         except Exception as exc:
@@ -190,6 +221,12 @@ class RewardServer:
             log.error("model failed to load: %s", exc)
             self.exit_code = 1
             self.request_stop()
+
+    async def _start_generation(self) -> None:
+        if self._generator_missing() and not self.runtime.draining:
+            from rewardserve.generation.service import start_generation
+
+            self.runtime.generation = await start_generation(self.settings, self.runtime.metrics)
 
     def request_stop(self) -> None:
         """Begin a graceful drain (idempotent; safe from a signal handler)."""
@@ -213,7 +250,9 @@ class RewardServer:
         # ending themselves (a health Watch never ends on its own; it is cut after the grace).
         grpc_stop = asyncio.create_task(self._grpc.stop(grace=min(2.0, timeout)), name="grpc-stop")
         await asyncio.gather(*self._tasks, grpc_stop, return_exceptions=True)
-        if scoring is not None:
+        if self.runtime.registry is not None:  # closes its models' services, function workers, judges
+            await self.runtime.registry.close(drain=True, timeout=timeout)
+        elif scoring is not None:
             await scoring.close(drain=True, timeout=timeout)
         # Read again: a load still running when the drain began has finished by now (gather above),
         # and an engine it started must be stopped too, or its processes outlive us.

@@ -12,6 +12,8 @@ from rewardserve.scoring.service import ScoringService
 
 if TYPE_CHECKING:  # the generation package is imported only when a generator is configured
     from rewardserve.generation.service import GenerationService
+    from rewardserve.registry import Registry
+    from rewardserve.sources.base import RewardSource
 
 
 @dataclass
@@ -20,15 +22,32 @@ class Runtime:
 
     settings: Settings
     metrics: Metrics  # the one instance: the services record into it, /metrics renders it
-    scoring: ScoringService | None = None
+    scoring: ScoringService | None = None  # the default model entry's service (rollout, KServe)
     generation: GenerationService | None = None
+    # Every declared source by name (models, composites, reward functions, judges); None for a
+    # server of one model, which ``source`` then wraps.
+    registry: Registry | None = None
     draining: bool = False
     load_error: str | None = None
 
     @property
     def ready(self) -> bool:
         generator_ok = self.settings.generator is None or self.generation is not None
-        return self.scoring is not None and generator_ok and not self.draining
+        loaded = self.scoring is not None or self.registry is not None
+        return loaded and generator_ok and not self.draining
+
+    def source(self, name: str | None = None) -> RewardSource:
+        """The reward source a request names (None or "": the default). NotReady while loading or
+        draining; ModelNotFound for a name not served. Every scoring door resolves names here."""
+        if self.registry is not None:
+            if self.draining:
+                raise NotReady("server is draining; retry on another replica")
+            return self.registry.get(name)
+        from rewardserve.sources.model import ModelSource  # one model: the same interface
+
+        scoring = self.require_scoring()
+        scoring.check_model(name)
+        return ModelSource(scoring.name, scoring)
 
     def require_scoring(self) -> ScoringService:
         """The scoring service, or NotReady (503 / UNAVAILABLE) while loading or draining."""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rewardserve.generation.types import GeneratorInfo
-from rewardserve.scoring.types import Message, ModelInfo, ScoreInput, ScoreOutput
+from rewardserve.scoring.advantages import Advantage
+from rewardserve.scoring.types import Message, ModelInfo, RewardResult, ScoreInput
 
 
 class MessageIn(BaseModel):
@@ -17,13 +18,18 @@ class MessageIn(BaseModel):
 
 
 class InputIn(BaseModel):
-    """One input: {prompt, response} | {messages} | {text}."""
+    """One input: {prompt, response} | {messages} | {text}, each with an optional ``label`` (any
+    JSON: what reward functions and judges check the response against), ``metadata`` (any JSON)
+    and ``group`` (advantages are computed within a group)."""
 
     model_config = ConfigDict(extra="forbid")
     prompt: str | None = None
     response: str | None = None
     messages: list[MessageIn] | None = None
     text: str | None = None
+    label: Any = None
+    metadata: Any = None
+    group: str | None = Field(default=None, max_length=256)
 
     @model_validator(mode="after")
     def _one_kind(self) -> InputIn:
@@ -41,9 +47,10 @@ class InputIn(BaseModel):
         return self
 
     def to_input(self) -> ScoreInput:
+        extra = {"label": self.label, "metadata": self.metadata, "group": self.group}
         if self.messages is not None:
-            return ScoreInput(messages=tuple(Message(m.role, m.content) for m in self.messages))
-        return ScoreInput(prompt=self.prompt, response=self.response, text=self.text)
+            return ScoreInput(messages=tuple(Message(m.role, m.content) for m in self.messages), **extra)
+        return ScoreInput(prompt=self.prompt, response=self.response, text=self.text, **extra)
 
 
 class ScoreRequest(BaseModel):
@@ -51,12 +58,19 @@ class ScoreRequest(BaseModel):
     model: str | None = None
     inputs: list[InputIn]
     truncate: bool = False
+    advantage: Advantage | None = None  # add details[i].advantage within each input's group
 
 
 class Detail(BaseModel):
+    """``details[i]``: tokens, truncated, status and mask always; what the entry sets besides
+    (objectives, components, extras, advantage, error, ...) as RewardResult.details() gives it."""
+
+    model_config = ConfigDict(extra="allow")
     tokens: int
     truncated: bool
     objectives: dict[str, float] | None = None
+    status: Literal["ok", "timeout", "error", "parse_failed"] = "ok"
+    mask: bool = False
 
 
 class Usage(BaseModel):
@@ -65,25 +79,17 @@ class Usage(BaseModel):
 
 class ScoreResponse(BaseModel):
     model: str
-    scores: list[float]
+    scores: list[float | None]  # None exactly where details[i].mask: never a silent 0
     details: list[Detail]
     usage: Usage
 
     @classmethod
-    def build(cls, model: str, outputs: list[ScoreOutput], objectives: tuple[str, ...]) -> ScoreResponse:
-        details = [
-            Detail(
-                tokens=o.tokens,
-                truncated=o.truncated,
-                objectives=dict(zip(objectives, o.values, strict=True)) if objectives else None,
-            )
-            for o in outputs
-        ]
+    def build(cls, model: str, results: list[RewardResult]) -> ScoreResponse:
         return cls(
             model=model,
-            scores=[o.score for o in outputs],
-            details=details,
-            usage=Usage(prompt_tokens=sum(o.tokens for o in outputs)),
+            scores=[r.score for r in results],
+            details=[Detail(**r.details()) for r in results],
+            usage=Usage(prompt_tokens=sum(r.tokens for r in results)),
         )
 
 
@@ -97,9 +103,42 @@ class GetRewardRequest(BaseModel):
 
 
 class GetRewardResponse(BaseModel):
+    """OpenRLHF needs floats: a masked reward is 0.0 here, with ``extra_logs["mask"]`` 1.0 for it."""
+
     rewards: list[float]
     scores: list[float]
     extra_logs: dict[str, list[float]]
+
+
+class RewardRequest(BaseModel):
+    """slime's remote reward call (``--rm-url``): one sample. ``prompt`` is text or chat messages."""
+
+    model_config = ConfigDict(extra="allow")
+    prompt: str | list[MessageIn]
+    response: str
+    label: Any = None
+    metadata: Any = None
+
+    def to_input(self) -> ScoreInput:
+        if isinstance(self.prompt, str):
+            return ScoreInput(
+                prompt=self.prompt, response=self.response, label=self.label, metadata=self.metadata
+            )
+        turns = (*(Message(m.role, m.content) for m in self.prompt), Message("assistant", self.response))
+        return ScoreInput(messages=turns, label=self.label, metadata=self.metadata)
+
+
+def reward_answer(r: RewardResult) -> dict[str, Any]:
+    """slime reads ``reward`` (``--reward-key reward``); the rest is for logs: status, mask, the
+    entry's extras, components."""
+    out: dict[str, Any] = {"reward": r.score, "status": r.status, "mask": r.mask}
+    if r.error is not None:
+        out["error"] = r.error
+    if r.components is not None:
+        out["components"] = dict(r.components)
+    for key, value in (r.extras or {}).items():
+        out.setdefault(key, value)
+    return out
 
 
 class ModelCard(BaseModel):
@@ -151,9 +190,18 @@ class GeneratorCard(BaseModel):
         )
 
 
+class SourceCard(BaseModel):
+    """A registry entry of any kind (model, composite, function, judge, ...): its card as is."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    object: str = "model"
+    kind: str = "model"
+
+
 class ModelList(BaseModel):
     object: str = "list"
-    data: list[ModelCard | GeneratorCard]
+    data: list[ModelCard | SourceCard | GeneratorCard]
 
 
 class PairIn(BaseModel):
@@ -180,8 +228,8 @@ class CompareResponse(BaseModel):
     """``probabilities[i]`` = P(a preferred over b) = sigmoid(``margins[i]``), ``margins[i]`` = r_a - r_b."""
 
     model: str
-    probabilities: list[float]
-    margins: list[float]
+    probabilities: list[float | None]  # None where either side is masked
+    margins: list[float | None]
 
 
 def validation_message(exc: ValidationError) -> str:

@@ -7,6 +7,9 @@ for the same reason with the same message whichever transport brought it.
 from __future__ import annotations
 
 import asyncio
+import json
+import math
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeAlias
 
@@ -18,7 +21,9 @@ from rewardserve.api.grpc.status import error_info, time_left
 from rewardserve.api.schemas import InputIn, validation_message
 from rewardserve.errors import InputError, NotReady
 from rewardserve.runtime import Runtime
-from rewardserve.scoring.types import ModelInfo, ScoreInput, ScoreOutput
+from rewardserve.scoring.advantages import ADVANTAGES, Advantage, apply_advantages
+from rewardserve.scoring.types import ModelInfo, RewardResult, ScoreInput, ScoreOptions
+from rewardserve.sources.base import compare as compare_pairs
 
 # grpc ships no type hints: this documents what the handlers get.
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -37,7 +42,14 @@ def to_input(msg: reward_pb2.Input, index: int) -> ScoreInput:
         "response": msg.response if msg.HasField("response") else None,
         "messages": [{"role": m.role, "content": m.content} for m in msg.messages] or None,
         "text": msg.text if msg.HasField("text") else None,
+        "group": msg.group if msg.HasField("group") else None,
     }
+    for field in ("label", "metadata"):  # any JSON, carried as JSON text (empty: none)
+        raw = getattr(msg, f"{field}_json")
+        try:
+            body[field] = json.loads(raw) if raw else None
+        except ValueError:
+            raise InputError(f"{field}_json is not valid JSON", index=index) from None
     try:
         return InputIn.model_validate(body).to_input()
     except ValidationError as exc:
@@ -48,24 +60,48 @@ def to_inputs(msgs: Sequence[reward_pb2.Input]) -> list[ScoreInput]:
     return [to_input(m, i) for i, m in enumerate(msgs)]
 
 
-def score_response(
-    model: str, outputs: list[ScoreOutput], objectives: tuple[str, ...]
-) -> reward_pb2.ScoreResponse:
-    """Same content as the HTTP ScoreResponse (schemas.ScoreResponse.build)."""
+def score_response(model: str, results: list[RewardResult]) -> reward_pb2.ScoreResponse:
+    """Same content as the HTTP ScoreResponse (schemas.ScoreResponse.build); a masked score is NaN
+    (proto3 doubles have no null) with the Detail's mask set."""
     response = reward_pb2.ScoreResponse(
         model=model,
-        scores=[o.score for o in outputs],
-        usage=reward_pb2.Usage(prompt_tokens=sum(o.tokens for o in outputs)),
+        scores=[r.score if r.score is not None else math.nan for r in results],
+        usage=reward_pb2.Usage(prompt_tokens=sum(r.tokens for r in results)),
     )
-    for o in outputs:
-        detail = response.details.add(tokens=o.tokens, truncated=o.truncated)
-        if objectives:
-            detail.objectives.update(zip(objectives, o.values, strict=True))
+    for r in results:
+        detail = response.details.add(tokens=r.tokens, truncated=r.truncated, status=r.status, mask=r.mask)
+        if r.objectives:
+            detail.objectives.update(r.objectives)
+        if r.extras:
+            detail.extras_json = json.dumps(r.extras)
+        if r.advantage is not None:
+            detail.advantage = r.advantage
+        if r.error is not None:
+            detail.error = r.error
     return response
 
 
+def advantage_of(name: str) -> Advantage | None:
+    if not name:
+        return None
+    if name not in ADVANTAGES:
+        raise InputError(f"advantage must be one of {list(ADVANTAGES)}, got {name!r}")
+    return name  # type: ignore[return-value]
+
+
 def model_card(info: ModelInfo) -> reward_pb2.ModelCard:
-    return reward_pb2.ModelCard(**info.card())
+    return reward_pb2.ModelCard(**info.card(), kind="model")
+
+
+def source_card(card: dict[str, Any]) -> reward_pb2.ModelCard:
+    """A registry entry's card: the fields ModelCard has (a function or judge sets id and kind)."""
+    fields = reward_pb2.ModelCard.DESCRIPTOR.fields_by_name
+    return reward_pb2.ModelCard(**{k: v for k, v in card.items() if k in fields and v is not None})
+
+
+def deadline_of(context: Context) -> float | None:
+    left = time_left(context)
+    return None if left is None else time.monotonic() + left
 
 
 class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
@@ -76,37 +112,50 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         self.draining = draining
 
     async def _score(
-        self, model: str, inputs: Sequence[reward_pb2.Input], truncate: bool, context: Context
+        self,
+        model: str,
+        inputs: Sequence[reward_pb2.Input],
+        truncate: bool,
+        context: Context,
+        advantage: str = "",
     ) -> reward_pb2.ScoreResponse:
-        scoring = self.runtime.require_scoring()
-        outputs = await scoring.score(
-            to_inputs(inputs), model=model or None, truncate=truncate, timeout=time_left(context)
-        )
-        return score_response(scoring.name, outputs, scoring.objectives)
+        source = self.runtime.source(model or None)
+        method = advantage_of(advantage)
+        parsed = to_inputs(inputs)
+        opts = ScoreOptions(truncate=truncate, deadline=deadline_of(context))
+        results = await source.score(parsed, opts) if parsed else []
+        if method is not None:
+            results = apply_advantages(parsed, results, method)
+        return score_response(source.name, results)
 
     async def Score(self, request: reward_pb2.ScoreRequest, context: Context) -> reward_pb2.ScoreResponse:
-        return await self._score(request.model, request.inputs, request.truncate, context)
+        return await self._score(request.model, request.inputs, request.truncate, context, request.advantage)
 
     async def Compare(
         self, request: reward_pb2.CompareRequest, context: Context
     ) -> reward_pb2.CompareResponse:
-        scoring = self.runtime.require_scoring()
+        source = self.runtime.source(request.model or None)
         pairs = [
             (ScoreInput(prompt=p.prompt, response=p.a), ScoreInput(prompt=p.prompt, response=p.b))
             for p in request.pairs
         ]
-        results = await scoring.compare(
-            pairs, model=request.model or None, truncate=request.truncate, timeout=time_left(context)
-        )
+        opts = ScoreOptions(truncate=request.truncate, deadline=deadline_of(context))
+        results = await compare_pairs(source, pairs, opts) if pairs else []
+        nan = math.nan  # a masked side: NaN, as in Score
         return reward_pb2.CompareResponse(
-            model=scoring.name,
-            probabilities=[r.probability for r in results],
-            margins=[r.margin for r in results],
+            model=source.name,
+            probabilities=[nan if r.probability is None else r.probability for r in results],
+            margins=[nan if r.margin is None else r.margin for r in results],
         )
 
     async def ListModels(
         self, request: reward_pb2.ListModelsRequest, context: Context
     ) -> reward_pb2.ListModelsResponse:
+        if self.runtime.registry is not None:
+            self.runtime.source()  # NotReady while draining
+            return reward_pb2.ListModelsResponse(
+                models=[source_card(c) for c in self.runtime.registry.cards()]
+            )
         scoring = self.runtime.require_scoring()
         return reward_pb2.ListModelsResponse(models=[model_card(m) for m in scoring.models()])
 

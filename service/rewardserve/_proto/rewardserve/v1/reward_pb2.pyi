@@ -154,7 +154,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelCard(_message.Message):
-    __slots__ = ("id", "architecture", "model_type", "max_input_tokens", "dtype", "device", "head", "objectives", "batch_strategy", "chat_template", "kernels")
+    __slots__ = ("id", "architecture", "model_type", "max_input_tokens", "dtype", "device", "head", "objectives", "batch_strategy", "chat_template", "kernels", "kind")
     ID_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     MODEL_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -166,6 +166,7 @@ class ModelCard(_message.Message):
     BATCH_STRATEGY_FIELD_NUMBER: _ClassVar[int]
     CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     KERNELS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     id: str
     architecture: str
     model_type: str
@@ -177,7 +178,8 @@ class ModelCard(_message.Message):
     batch_strategy: str
     chat_template: bool
     kernels: str
-    def __init__(self, id: _Optional[str] = ..., architecture: _Optional[str] = ..., model_type: _Optional[str] = ..., max_input_tokens: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., head: _Optional[str] = ..., objectives: _Optional[_Iterable[str]] = ..., batch_strategy: _Optional[str] = ..., chat_template: _Optional[bool] = ..., kernels: _Optional[str] = ...) -> None: ...
+    kind: str
+    def __init__(self, id: _Optional[str] = ..., architecture: _Optional[str] = ..., model_type: _Optional[str] = ..., max_input_tokens: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., head: _Optional[str] = ..., objectives: _Optional[_Iterable[str]] = ..., batch_strategy: _Optional[str] = ..., chat_template: _Optional[bool] = ..., kernels: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
