@@ -9,6 +9,7 @@ HTTP/2 connection and reconnects by itself, which is gRPC's connection pooling.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -68,8 +69,18 @@ def _input(body: Mapping[str, Any]) -> reward_pb2.Input:
     messages = [
         reward_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in body.get("messages") or ()
     ]
+    extra: dict[str, Any] = {}
+    for key in ("label", "metadata"):  # any JSON, as JSON text on the wire
+        if body.get(key) is not None:
+            extra[f"{key}_json"] = json.dumps(body[key])
+    if body.get("group") is not None:
+        extra["group"] = str(body["group"])
     return reward_pb2.Input(
-        prompt=body.get("prompt"), response=body.get("response"), messages=messages, text=body.get("text")
+        prompt=body.get("prompt"),
+        response=body.get("response"),
+        messages=messages,
+        text=body.get("text"),
+        **extra,
     )
 
 
@@ -78,17 +89,34 @@ def _score_request(body: JSON) -> reward_pb2.ScoreRequest:
         model=body.get("model") or "",
         inputs=[_input(x) for x in body["inputs"]],
         truncate=bool(body.get("truncate", False)),
+        advantage=body.get("advantage") or "",
     )
 
 
+def _detail_json(d: reward_pb2.Detail) -> JSON:
+    out: JSON = {
+        "tokens": d.tokens,
+        "truncated": d.truncated,
+        "objectives": dict(d.objectives) or None,
+        "status": d.status or "ok",
+        "mask": d.mask,
+    }
+    if d.extras_json:
+        out["extras"] = json.loads(d.extras_json)
+    if d.HasField("advantage"):
+        out["advantage"] = d.advantage
+    if d.error:
+        out["error"] = d.error
+    return out
+
+
 def _score_json(r: reward_pb2.ScoreResponse) -> JSON:
+    details = [_detail_json(d) for d in r.details]
     return {
         "model": r.model,
-        "scores": list(r.scores),
-        "details": [
-            {"tokens": d.tokens, "truncated": d.truncated, "objectives": dict(d.objectives) or None}
-            for d in r.details
-        ],
+        # A masked score travels as NaN (proto3 has no null): None here, as over HTTP.
+        "scores": [None if d["mask"] else s for s, d in zip(r.scores, details, strict=True)],
+        "details": details,
         "usage": {"prompt_tokens": r.usage.prompt_tokens},
     }
 

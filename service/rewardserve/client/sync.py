@@ -121,8 +121,10 @@ class RewardClient:
         model: str | None = None,
         truncate: bool = False,
         timeout: float | None = None,
-    ) -> list[float]:
-        """Rewards of ``inputs`` (see ``rewardserve.client.Input``), in order."""
+    ) -> list[float | None]:
+        """Rewards of ``inputs`` (see ``rewardserve.client.Input``), in order; None where the reward
+        source failed for that input (a verifier's timeout, a judge's unparsed answer: see
+        ``score_details``), never a silent 0."""
         result = self.score_details(inputs, model=model, truncate=truncate, timeout=timeout)
         return result.scores
 
@@ -132,11 +134,18 @@ class RewardClient:
         *,
         model: str | None = None,
         truncate: bool = False,
+        advantage: str | None = None,
         timeout: float | None = None,
     ) -> ScoreResult:
-        """Rewards plus per-input details (tokens, truncated, objectives) and token usage."""
+        """Rewards plus per-input details (tokens, truncated, objectives, status, mask, extras,
+        and with ``advantage="grpo" | "drgrpo" | "rloo"`` each input's advantage within its
+        ``group``) and token usage. With ``advantage``, the inputs go in one request."""
         bodies = _core.score_bodies(
-            inputs, model=model, truncate=truncate, chunk_size=self.config.max_inputs_per_request
+            inputs,
+            model=model,
+            truncate=truncate,
+            chunk_size=self.config.max_inputs_per_request,
+            advantage=advantage,
         )
         if not bodies:
             return ScoreResult(model=model or "", scores=[], details=[], prompt_tokens=0)

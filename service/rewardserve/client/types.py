@@ -31,13 +31,16 @@ Input: TypeAlias = str | tuple[str, str] | Mapping[str, Any] | Sequence[Message]
 * ``"text"``: raw text, scored as given;
 * ``(prompt, response)``: through the reward model's chat template;
 * ``[{"role": "user", ...}, {"role": "assistant", ...}]``: a conversation, through the template;
-* a wire dict: ``{"prompt", "response"}``, ``{"messages"}`` or ``{"text"}``.
+* a wire dict: ``{"prompt", "response"}``, ``{"messages"}`` or ``{"text"}``, optionally with
+  ``"label"`` (any JSON: what reward functions and judges check against), ``"metadata"`` (any JSON)
+  and ``"group"`` (advantages are computed within a group).
 """
 
 Pair: TypeAlias = tuple[str, str, str] | Mapping[str, str]
 """A preference question: ``(prompt, a, b)`` or ``{"prompt", "a", "b"}``; answers P(a ≻ b)."""
 
 _KINDS = ("prompt", "response", "messages", "text")
+_EXTRAS = ("label", "metadata", "group")  # carried beside any kind of input
 
 
 def message_to_wire(m: Message, where: str) -> dict[str, str]:
@@ -67,15 +70,19 @@ def input_to_wire(x: Input, index: int) -> dict[str, Any]:
     if isinstance(x, tuple) and len(x) == 2 and all(isinstance(p, str) for p in x):
         return {"prompt": x[0], "response": x[1]}
     if isinstance(x, Mapping):
-        unknown = set(x) - set(_KINDS)
+        unknown = set(x) - set(_KINDS) - set(_EXTRAS)
         if unknown:
-            raise TypeError(f"{where}: unknown keys {sorted(unknown)}; use prompt+response, messages or text")
+            raise TypeError(
+                f"{where}: unknown keys {sorted(unknown)}; use prompt+response, messages or text "
+                "(with label, metadata, group)"
+            )
         out: dict[str, Any] = {k: x[k] for k in _KINDS if x.get(k) is not None}
         if "messages" in out:
             out["messages"] = [message_to_wire(m, where) for m in out["messages"]]
         kinds = ("prompt" in out or "response" in out) + ("messages" in out) + ("text" in out)
         if kinds != 1 or (("prompt" in out) != ("response" in out)):
             raise TypeError(f"{where}: give exactly one of prompt+response, messages or text")
+        out.update({k: x[k] for k in _EXTRAS if x.get(k) is not None})
         return out
     if isinstance(x, Sequence) and x and all(isinstance(m, Mapping) for m in x):
         return {"messages": [message_to_wire(cast(Message, m), where) for m in x]}
@@ -103,6 +110,16 @@ class ScoreDetail:
     truncated: bool
     objectives: dict[str, float] | None = None
     """Every objective of a multi-objective head, by name; None for scalar heads."""
+    status: str = "ok"
+    """"ok", or why the input is masked: "timeout" | "error" | "parse_failed"."""
+    mask: bool = False
+    """True when status is not "ok": the score is None, never a silent 0."""
+    extras: dict[str, Any] | None = None
+    """A reward function's or judge's extra fields."""
+    advantage: float | None = None
+    """The input's group advantage, when the call asked for one (None for masked inputs)."""
+    error: str | None = None
+    """Why the input is masked."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +127,8 @@ class ScoreResult:
     """A scoring call's answer: ``scores[i]`` belongs to ``inputs[i]``."""
 
     model: str
-    scores: list[float]
+    scores: list[float | None]
+    """None where ``details[i].mask``: a reward source that failed for that input."""
     details: list[ScoreDetail]
     prompt_tokens: int
 
@@ -123,13 +141,18 @@ class ScoreResult:
                 objectives={str(k): float(v) for k, v in d["objectives"].items()}
                 if d.get("objectives")
                 else None,
+                status=str(d.get("status", "ok")),
+                mask=bool(d.get("mask", False)),
+                extras=dict(d["extras"]) if d.get("extras") else None,
+                advantage=None if d.get("advantage") is None else float(d["advantage"]),
+                error=None if d.get("error") is None else str(d["error"]),
             )
             for d in body.get("details", [])
         ]
         usage = body.get("usage") or {}
         return cls(
             model=str(body.get("model", "")),
-            scores=[float(s) for s in body["scores"]],
+            scores=[None if s is None else float(s) for s in body["scores"]],
             details=details,
             prompt_tokens=int(usage.get("prompt_tokens", sum(d.tokens for d in details))),
         )
@@ -150,15 +173,16 @@ class CompareResult:
     """``probabilities[i]`` = P(a ≻ b) = sigmoid(``margins[i]``), ``margins[i]`` = r_a - r_b."""
 
     model: str
-    probabilities: list[float]
-    margins: list[float]
+    probabilities: list[float | None]
+    """None where either side is masked."""
+    margins: list[float | None]
 
     @classmethod
     def from_wire(cls, body: Mapping[str, Any]) -> CompareResult:
         return cls(
             model=str(body.get("model", "")),
-            probabilities=[float(p) for p in body["probabilities"]],
-            margins=[float(m) for m in body["margins"]],
+            probabilities=[_number(p) for p in body["probabilities"]],
+            margins=[_number(m) for m in body["margins"]],
         )
 
     @classmethod
@@ -168,6 +192,14 @@ class CompareResult:
             probabilities=[p for r in parts for p in r.probabilities],
             margins=[m for r in parts for m in r.margins],
         )
+
+
+def _number(x: Any) -> float | None:
+    """A JSON number, or None for null (HTTP) and NaN (gRPC): a masked value."""
+    if x is None:
+        return None
+    value = float(x)
+    return None if value != value else value
 
 
 @dataclass(frozen=True)
@@ -239,14 +271,15 @@ class GenerateResponse(TypedDict):
 
 
 class RolloutSample(Sample, total=False):
-    reward: float
+    reward: float | None
+    mask: bool
     advantage: float | None
 
 
 class RolloutGroup(TypedDict):
     prompt_tokens: int
-    mean: float
-    std: float
+    mean: float | None
+    std: float | None
     samples: list[RolloutSample]
 
 

@@ -59,6 +59,7 @@ class ScoreOutput:
     tokens: int
     truncated: bool
     step_scores: tuple[float, ...] | None = None  # process reward models: P(good) of each step
+    status: Status = "ok"  # bulk against a server: a masked input (score NaN, not a reward)
 
 
 @dataclass(frozen=True)
