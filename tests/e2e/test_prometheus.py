@@ -34,8 +34,6 @@ BIN = Path(sys.executable).parent / "rewardserve"
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards" / "rewardserve.json"
 # Panels with nothing to show on this CPU-only, scoring-only server that never fails a request.
 EMPTY_HERE = {"GPU memory", "Generated tokens / s", "Generation latency p50 / p99", "Server error ratio"}
-# TODO(merge, issue 15 wiring): model entries do not count typed results yet; then drop this line.
-EMPTY_HERE |= {"Results / s by entry and status"}
 # Long enough to cover the whole test, so rate() sees every sample since the first scrape.
 RATE_INTERVAL = "5m"
 T = TypeVar("T")

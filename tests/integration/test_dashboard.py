@@ -32,9 +32,6 @@ NEEDS_GPU_OR_GENERATOR = {
     "rewardserve_gpu_memory_total_bytes",
     "rewardserve_generated_tokens_total",
     "rewardserve_generation_duration_seconds_bucket",
-    # TODO(merge, issue 15 wiring): only function and judge entries count their results so far; once
-    # every source counts (models included), this server has samples and the line goes.
-    "rewardserve_reward_results_total",
 }
 
 
