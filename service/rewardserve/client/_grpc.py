@@ -230,15 +230,18 @@ def _generate_json(r: generation_pb2.GenerateResponse) -> JSON:
 
 
 def _rollout_json(r: generation_pb2.RolloutResponse) -> JSON:
+    # A masked reward travels as 0.0 with mask set: None here, as over HTTP (and no group
+    # statistics when every sample of the group is masked).
     groups = [
         {
             "prompt_tokens": g.prompt_tokens,
-            "mean": g.mean,
-            "std": g.std,
+            "mean": g.mean if not all(x.mask for x in g.samples) else None,
+            "std": g.std if not all(x.mask for x in g.samples) else None,
             "samples": [
                 {
                     **_sample_json(x.sample),
-                    "reward": x.reward,
+                    "reward": None if x.mask else x.reward,
+                    "mask": x.mask,
                     "advantage": x.advantage if x.HasField("advantage") else None,
                 }
                 for x in g.samples
