@@ -3,6 +3,7 @@ expectation equals a plain transformers forward of the same prompt."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -114,6 +115,11 @@ async def test_pairwise_choices(generation: GenerationService, judge_model: Path
     )
     choice_ids = [t for t, _ in judge.choice_tokens]
     assert result.score == pytest.approx(_reference(judge_model, ids, choice_ids, [1.0, 0.0]), abs=1e-4)
+    # /v1/compare's path (sources.base.compare) hands the pairs to the pairwise judge whole.
+    from rewardserve.sources.base import compare
+
+    (pair,) = await compare(judge, pairs, ScoreOptions())
+    assert pair.probability == pytest.approx(result.score, abs=1e-6) == pair.margin
     from rewardserve.errors import InputError
 
     with pytest.raises(InputError, match="pairwise"):
@@ -187,3 +193,26 @@ async def test_a_judge_with_its_own_engine(judge_model: Path, generation: Genera
             "judges[3]",
             Path.cwd(),
         )
+
+
+async def test_registry_builds_judges_on_the_served_generator(
+    generation: GenerationService, judge_model: Path, tmp_path: Path
+) -> None:
+    from rewardserve.registry import Registry
+    from rewardserve.sources import spec
+
+    config = tmp_path / "judges.yaml"  # JSON is YAML too
+    judge = {"name": "judge", "engine": "generator", "template": TEMPLATE, "choices": {"1": 1, "5": 5}}
+    config.write_text(json.dumps({"judges": [judge]}))
+    entries = spec.load_config_file(config)
+    assert [(e.name, e.kind) for e in entries] == [("judge", "judge")]
+    settings = Settings(cache_dir=tmp_path)
+    with pytest.raises(ConfigError, match="no generator is served"):
+        await Registry.build(entries, settings, metrics=Metrics())
+    registry = await Registry.build(entries, settings, metrics=Metrics(), generation=generation)
+    try:
+        assert registry.cards()[0]["kind"] == "judge"
+        (result,) = await registry.get("judge").score(INPUTS[:1], ScoreOptions())
+        assert result.status == "ok" and result.score is not None and 1.0 <= result.score <= 5.0
+    finally:
+        await registry.close()
