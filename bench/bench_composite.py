@@ -40,7 +40,22 @@ def workload(n: int, seed: int) -> list[dict[str, Any]]:
     from bench_functions import build_rows
 
     rng = random.Random(seed)
-    words = "we first restate the problem then simplify each side carefully and check the units".split()
+    words = [
+        "we",
+        "first",
+        "restate",
+        "the",
+        "problem",
+        "then",
+        "simplify",
+        "each",
+        "side",
+        "carefully",
+        "and",
+        "check",
+        "the",
+        "units",
+    ]
     rows = build_rows(n, seed)
     for r in rows:
         filler = " ".join(rng.choice(words) for _ in range(rng.randint(120, 220)))
@@ -65,7 +80,6 @@ async def throughput(source: Any, inputs: list[Any], concurrency: int) -> float:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from machine import machine_info
-
     from rewardserve.config import Settings
     from rewardserve.metrics import Metrics
     from rewardserve.registry import Registry
