@@ -60,8 +60,8 @@ def build_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
 
 
 async def run(rows: list[dict[str, Any]], workers: int) -> dict[str, Any]:
-    from rewardserve.functions._compat import ScoreInput, ScoreOptions
     from rewardserve.functions.source import FunctionConfig, FunctionSource
+    from rewardserve.scoring.types import ScoreInput, ScoreOptions
 
     source = FunctionSource(FunctionConfig(name="math", workers=workers, timeout_s=10))
     t0 = time.perf_counter()

@@ -81,20 +81,29 @@ async def load_scoring(
 
 
 async def load_registry(
-    settings: Settings, metrics: Metrics, load_model: ModelLoader = load_engine
+    settings: Settings,
+    metrics: Metrics,
+    load_model: ModelLoader = load_engine,
+    generation: GenerationService | None = None,
 ) -> Registry:
     """Every declared reward source (--model NAME=PATH, --config FILE, or the demo model), loaded,
     warmed up and started. Raises ConfigError for a declaration that cannot be served.
 
-    A custom ``load_model`` (tests: a gated engine) serves that one model under --model-name instead.
+    Reward functions start their workers and judges check their choices; judges with
+    ``engine: generator`` are built on ``generation``. A custom ``load_model`` (tests: a gated engine)
+    serves that one model under --model-name instead.
     """
     if load_model is load_engine:
         from rewardserve.sources import spec
 
         # Parsing reads the YAML and normalization files: off the event loop, like the loading.
         entries = await asyncio.to_thread(spec.from_settings, settings)
-        registry = await Registry.build(entries, settings, metrics=metrics)
-        await registry.start()
+        registry = await Registry.build(entries, settings, metrics=metrics, generation=generation)
+        try:
+            await registry.start()
+        except BaseException:
+            await registry.close(drain=False)
+            raise
     else:
         from rewardserve.sources.model import ModelSource
 
@@ -239,14 +248,12 @@ class RewardServer:
     async def _load(self) -> None:
         try:
             if self.runtime.registry is None:
-                registry = await load_registry(self.settings, self.runtime.metrics, self._load_model)
-                self.runtime.registry = registry
-            if self._generator_missing() and not self.runtime.draining:
-                # Importing vllm takes seconds of CPU (3 s measured on this loop): in a thread, so
-                # health keeps answering. vllm_engine is what imports vllm; service imports it lazily.
-                await asyncio.to_thread(importlib.import_module, "rewardserve.generation.vllm_engine")
-                module = importlib.import_module("rewardserve.generation.service")
-                self.runtime.generation = await module.start_generation(self.settings, self.runtime.metrics)
+                # The generator first: judges with `engine: generator` are built on it.
+                await self._start_generation()
+                self.runtime.registry = await load_registry(
+                    self.settings, self.runtime.metrics, self._load_model, self.runtime.generation
+                )
+            await self._start_generation()
             if self.runtime.ready:
                 await self._now_serving()
         except ConfigError as exc:  # a declaration that cannot be served: say what to fix, exit 2
@@ -259,6 +266,14 @@ class RewardServer:
             log.error("model failed to load: %s", exc)
             self.exit_code = 1
             self.request_stop()
+
+    async def _start_generation(self) -> None:
+        if self._generator_missing() and not self.runtime.draining:
+            # Importing vllm takes seconds of CPU (3 s measured on this loop): in a thread, so
+            # health keeps answering. vllm_engine is what imports vllm; service imports it lazily.
+            await asyncio.to_thread(importlib.import_module, "rewardserve.generation.vllm_engine")
+            module = importlib.import_module("rewardserve.generation.service")
+            self.runtime.generation = await module.start_generation(self.settings, self.runtime.metrics)
 
     def request_stop(self) -> None:
         """Begin a graceful drain (idempotent; safe from a signal handler)."""

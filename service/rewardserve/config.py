@@ -49,8 +49,13 @@ class Settings(BaseSettings):
     """More reward models, each `NAME=PATH` (repeatable --model); a bare PATH takes --name. Served side
     by side, each with its own batcher and token budget; the first is the default."""
     config: Path | None = None
-    """YAML file declaring models, ensembles and composites (README "Several reward models"); exclusive
-    with --model."""
+    """YAML file declaring models, ensembles, composites, reward functions and judges (README "Several
+    reward models", "Reward functions and judges"); exclusive with --model."""
+    reward_fn: list[str] = Field(default_factory=list)
+    """Reward functions served beside the models (repeatable --reward-fn): `NAME` for a built-in (math,
+    exact, regex, json), `NAME=TARGET` for your own, TARGET `module:function` or `path/file.py:function`.
+    Each runs in its own pool of worker processes (10 s timeout per call); set timeouts and workers in
+    a --config file's `functions:` section instead."""
     model_name: str = Field(default="default", min_length=1, max_length=128)
     """Name of a bare --model PATH (and of the demo model): what requests put in "model"."""
     device: Device = "auto"

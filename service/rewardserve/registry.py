@@ -1,9 +1,10 @@
-"""The registry: every reward source the server holds, by name (models, PRMs, ensembles, composites).
+"""The registry: every reward source the server holds, by name (models, PRMs, ensembles, composites,
+reward functions, judges).
 
 Transports never branch on the kind: they call ``registry.resolve(model)`` with what the request
 named (a name, ad hoc weights, or nothing for the default) and ``await source.score(inputs, options)``.
-Each kind has a builder in ``BUILDERS``; issue 15 adds reward functions and judges as new kinds (a
-section parser in sources/spec.py and a builder here), without touching transports.
+Each kind has a builder in ``BUILDERS`` (and a section parser in sources/spec.py): reward functions
+and judges are kinds like the others, so transports never see the difference.
 
 No torch here: model sources are imported by their builder.
 """
@@ -26,6 +27,7 @@ from rewardserve.sources.ensemble import EnsembleSource
 from rewardserve.sources.spec import CompositeConfig, EnsembleConfig, Entry
 
 if TYPE_CHECKING:
+    from rewardserve.generation.service import GenerationService
     from rewardserve.scoring.service import ScoringService
 
 ADHOC_NAME = "adhoc"  # the name ad hoc weights are scored (and labelled in metrics) under
@@ -39,6 +41,7 @@ class BuildContext:
     settings: Settings
     metrics: Metrics
     sources: dict[str, RewardSource] = field(default_factory=dict)
+    generation: GenerationService | None = None  # the co-served generator (judges' engine: generator)
 
 
 Builder = Callable[[Entry, BuildContext], Awaitable[RewardSource]]
@@ -53,12 +56,28 @@ async def _build_model(entry: Entry, ctx: BuildContext) -> RewardSource:
 async def _build_ensemble(entry: Entry, ctx: BuildContext) -> RewardSource:
     cfg: EnsembleConfig = entry.plan
     members = [ctx.sources[m] for m in cfg.members]
-    return EnsembleSource(cfg.name, members, conservative_k=cfg.conservative_k, reduce=cfg.reduce)
+    return EnsembleSource(
+        cfg.name, members, conservative_k=cfg.conservative_k, reduce=cfg.reduce, metrics=ctx.metrics
+    )
 
 
 async def _build_composite(entry: Entry, ctx: BuildContext) -> RewardSource:
     cfg: CompositeConfig = entry.plan
-    return CompositeSource(cfg.name, [(ctx.sources[n], w) for n, w in cfg.weights.items()])
+    return CompositeSource(
+        cfg.name, [(ctx.sources[n], w) for n, w in cfg.weights.items()], metrics=ctx.metrics
+    )
+
+
+async def _build_function(entry: Entry, ctx: BuildContext) -> RewardSource:
+    from rewardserve.functions.source import build_function
+
+    return await build_function(entry, ctx)
+
+
+async def _build_judge(entry: Entry, ctx: BuildContext) -> RewardSource:
+    from rewardserve.generation.judge import build_judge  # jinja2 + the generator: only when declared
+
+    return await build_judge(entry, ctx)
 
 
 BUILDERS: dict[str, Builder] = {
@@ -66,13 +85,15 @@ BUILDERS: dict[str, Builder] = {
     "prm": _build_model,
     "ensemble": _build_ensemble,
     "composite": _build_composite,
+    "function": _build_function,
+    "judge": _build_judge,
 }
 
 
 class Registry:
     """Name -> reward source, in declaration order; the first is the default."""
 
-    def __init__(self, sources: Sequence[RewardSource]) -> None:
+    def __init__(self, sources: Sequence[RewardSource], *, metrics: Metrics | None = None) -> None:
         if not sources:
             raise ConfigError("a registry needs at least one reward source")
         self._sources: dict[str, RewardSource] = {}
@@ -81,17 +102,28 @@ class Registry:
                 raise ConfigError(f"name {s.name!r} is declared twice; names must be unique")
             self._sources[s.name] = s
         self.default: RewardSource = sources[0]
+        self.metrics = metrics  # ad hoc composites count their results here
 
     # ---------------------------------------------------------------- building
     @classmethod
-    async def from_settings(cls, settings: Settings, *, metrics: Metrics) -> Registry:
-        """Parse and check the declaration (--config / --model), then load every entry."""
-        return await cls.build(spec.from_settings(settings), settings, metrics=metrics)
+    async def from_settings(
+        cls, settings: Settings, *, metrics: Metrics, generation: GenerationService | None = None
+    ) -> Registry:
+        """Parse and check the declaration (--config / --model / --reward-fn), then load every entry.
+        ``generation``: the co-served generator, for judges declared with ``engine: generator``."""
+        return await cls.build(spec.from_settings(settings), settings, metrics=metrics, generation=generation)
 
     @classmethod
-    async def build(cls, entries: Sequence[Entry], settings: Settings, *, metrics: Metrics) -> Registry:
+    async def build(
+        cls,
+        entries: Sequence[Entry],
+        settings: Settings,
+        *,
+        metrics: Metrics,
+        generation: GenerationService | None = None,
+    ) -> Registry:
         """Build checked entries, dependencies first; on a failure, close what was built and raise."""
-        ctx = BuildContext(settings, metrics)
+        ctx = BuildContext(settings, metrics, generation=generation)
         try:
             for entry in spec.dependency_order(entries):
                 builder = BUILDERS.get(entry.kind)
@@ -103,7 +135,7 @@ class Registry:
                 *(s.close(drain=False) for s in ctx.sources.values()), return_exceptions=True
             )
             raise
-        return cls([ctx.sources[e.name] for e in entries])
+        return cls([ctx.sources[e.name] for e in entries], metrics=metrics)
 
     # ---------------------------------------------------------------- lookup
     @property
@@ -147,7 +179,7 @@ class Registry:
             if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight):
                 raise InputError(f'"model" weight of {name!r} must be a finite number, got {weight!r}')
             components.append((self._sources[name], float(weight)))
-        return CompositeSource(ADHOC_NAME, components)
+        return CompositeSource(ADHOC_NAME, components, metrics=self.metrics)
 
     def cards(self) -> list[dict[str, Any]]:
         """Every entry's card, in declaration order (/v1/models, ListModels); the default is first."""

@@ -152,3 +152,37 @@ def test_invalid_setting_is_explained(env: dict[str, str]) -> None:
     p = subprocess.run([str(BIN), "serve"], env=env, capture_output=True, text=True, timeout=60)
     # Named as the user sets it: the flag and the environment variable.
     assert p.returncode == 2 and "--max-batch-tokens (REWARDSERVE_MAX_BATCH_TOKENS)" in p.stderr, p.stderr
+
+
+def test_serve_with_reward_functions_from_flags(
+    tiny_llama: Path, env: dict[str, str], tmp_path: Path
+) -> None:
+    # --reward-fn NAME (a built-in) and NAME=path/file.py:function, repeatable, beside the model.
+    (tmp_path / "fns.py").write_text(
+        "def longer(*, prompt, response, label, metadata, **kw):\n"
+        "    if response == 'boom':\n"
+        "        raise RuntimeError('no')\n"
+        "    return {'score': float(len(response) > len(label or '')), 'label': label}\n"
+    )
+    args = ["serve", "--model", str(tiny_llama), "--port", "0", "--grpc-port", "0"]
+    args += ["--reward-fn", "math", "--reward-fn", f"longer={tmp_path / 'fns.py'}:longer"]
+    proc = Proc(args, env)
+    try:
+        url = f"http://127.0.0.1:{proc.port(60)}"
+        proc.wait_ready(url, 120)
+        kinds = {c["id"]: c["kind"] for c in httpx.get(f"{url}/v1/models").json()["data"]}
+        assert kinds == {"default": "model", "math": "function", "longer": "function"}
+        # slime's body, routed by name.
+        r = httpx.post(
+            f"{url}/v1/reward/math", json={"prompt": "1+1?", "response": "\\boxed{2}", "label": "2"}
+        )
+        assert r.json() == {"reward": 1.0, "status": "ok", "mask": False, "answer": "2"}
+        body = {"model": "longer", "inputs": [{"text": "abc", "label": "a"}, {"text": "boom", "label": "a"}]}
+        out = httpx.post(f"{url}/v1/score", json=body, timeout=60).json()
+        assert out["scores"] == [1.0, None] and out["details"][0]["extras"] == {"label": "a"}
+        assert out["details"][1]["status"] == "error"
+        assert httpx.post(f"{url}/v1/score", json={"inputs": [{"text": "x"}]}).json()["model"] == "default"
+        proc.p.send_signal(signal.SIGTERM)
+        assert proc.p.wait(60) == 0, proc.full_log()
+    finally:
+        proc.close()

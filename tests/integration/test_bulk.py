@@ -132,7 +132,18 @@ def test_local_engine_keeps_columns_and_matches_the_engine(
     inputs = pq.read_table(log10k).to_pylist()
     assert [r["id"] for r in local10k] == [r["id"] for r in inputs]
     first = local10k[0]
-    assert list(first) == ["id", "prompt", "response", "latency_ms", "reward", "reward_model", "scored_at"]
+    assert list(first) == [
+        "id",
+        "prompt",
+        "response",
+        "latency_ms",
+        "reward",
+        "reward_status",
+        "reward_mask",
+        "reward_model",
+        "scored_at",
+    ]
+    assert first["reward_status"] == "ok" and first["reward_mask"] is False
     assert first["latency_ms"] == inputs[0]["latency_ms"] and first["reward_model"] == "tiny"
     assert first["scored_at"].tzinfo is not None
     assert len({round(r["reward"], 6) for r in local10k}) > 1000  # real, input-dependent rewards
@@ -293,7 +304,14 @@ def test_multi_objective_columns_local_and_server(work: Path, tiny_multi: Path) 
     _run([path], work / "multi_out.parquet", settings=_settings(tiny_multi))
     out = _rows(work / "multi_out.parquet")
     objectives = ["reward_helpfulness", "reward_correctness", "reward_safety"]
-    assert list(out[0])[-6:] == ["reward", *objectives, "reward_model", "scored_at"]
+    assert list(out[0])[-8:] == [
+        "reward",
+        *objectives,
+        "reward_status",
+        "reward_mask",
+        "reward_model",
+        "scored_at",
+    ]
     for r in out:
         assert r["reward"] == pytest.approx(sum(r[o] for o in objectives) / 3, abs=1e-6)
     with _server(tiny_multi) as srv:

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from rewardserve.errors import ConfigError, Draining
-from rewardserve.functions._compat import ScoreInput, ScoreOptions
 from rewardserve.functions.pool import WorkerPool
 from rewardserve.functions.source import FunctionConfig, FunctionSource, parse_function
 from rewardserve.metrics import Metrics
+from rewardserve.scoring.types import ScoreInput, ScoreOptions
 
 USER_FUNCTIONS = textwrap.dedent(
     """

@@ -113,7 +113,13 @@ async def test_too_long_and_truncate(client: httpx.AsyncClient) -> None:
     assert r.status_code == 422 and "inputs[1]" in r.json()["error"] and "truncate" in r.json()["error"]
     r = await client.post("/v1/score", json={"inputs": [long], "truncate": True})
     assert r.status_code == 200
-    assert r.json()["details"][0] == {"tokens": 256, "truncated": True, "objectives": None}
+    assert r.json()["details"][0] == {
+        "tokens": 256,
+        "truncated": True,
+        "objectives": None,
+        "status": "ok",
+        "mask": False,
+    }
 
 
 async def test_get_reward_openrlhf(server: RewardServer, client: httpx.AsyncClient) -> None:

@@ -3,6 +3,7 @@ expectation equals a plain transformers forward of the same prompt."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,11 +14,10 @@ import torch
 
 from rewardserve.config import Settings
 from rewardserve.errors import ConfigError
-from rewardserve.functions._compat import ScoreInput, ScoreOptions
 from rewardserve.generation.judge import JudgeConfig, JudgeSource, choice_token_ids, template_variables
 from rewardserve.generation.service import GenerationService, start_generation
 from rewardserve.metrics import Metrics
-from rewardserve.scoring.types import Message
+from rewardserve.scoring.types import Message, ScoreInput, ScoreOptions
 
 pytestmark = [pytest.mark.vllm, pytest.mark.asyncio(loop_scope="module")]
 
@@ -115,6 +115,11 @@ async def test_pairwise_choices(generation: GenerationService, judge_model: Path
     )
     choice_ids = [t for t, _ in judge.choice_tokens]
     assert result.score == pytest.approx(_reference(judge_model, ids, choice_ids, [1.0, 0.0]), abs=1e-4)
+    # /v1/compare's path (sources.base.compare) hands the pairs to the pairwise judge whole.
+    from rewardserve.sources.base import compare
+
+    (pair,) = await compare(judge, pairs, ScoreOptions())
+    assert pair.probability == pytest.approx(result.score, abs=1e-6) == pair.margin
     from rewardserve.errors import InputError
 
     with pytest.raises(InputError, match="pairwise"):
@@ -159,14 +164,14 @@ async def test_multi_token_choice_is_refused_at_start(generation: GenerationServ
 async def test_a_judge_with_its_own_engine(judge_model: Path, generation: GenerationService) -> None:
     """`path:` starts an engine for the judge alone, closed with it; `engine: generator` without a
     generator is refused at start-up."""
-    from rewardserve.functions._compat import BuildContext
     from rewardserve.generation.judge import build_judge, parse_judge
+    from rewardserve.registry import BuildContext
 
     settings = Settings(
         generator_dtype="float32", generator_max_model_len=512, generator_kv_cache_bytes=64 * 2**20
     )
     data = {"name": "own", "path": str(judge_model), "template": TEMPLATE, "choices": CHOICES}
-    judge = await build_judge(parse_judge(data, "judges[0]", Path.cwd()), BuildContext(settings, None))
+    judge = await build_judge(parse_judge(data, "judges[0]", Path.cwd()), BuildContext(settings, Metrics()))
     try:
         assert judge.owns_engine and judge.generation is not generation
         (result,) = await judge.score(INPUTS[:1], ScoreOptions())
@@ -179,7 +184,7 @@ async def test_a_judge_with_its_own_engine(judge_model: Path, generation: Genera
         await judge.close()
     with pytest.raises(ConfigError, match="no generator is served"):
         shared = {"name": "j", "engine": "generator", "template": TEMPLATE, "choices": CHOICES}
-        await build_judge(parse_judge(shared, "judges[1]", Path.cwd()), BuildContext(settings, None))
+        await build_judge(parse_judge(shared, "judges[1]", Path.cwd()), BuildContext(settings, Metrics()))
     with pytest.raises(ConfigError, match="exactly one of `choices"):
         parse_judge({"name": "j", "engine": "generator", "template": TEMPLATE}, "judges[2]", Path.cwd())
     with pytest.raises(ConfigError, match="capture group"):
@@ -188,3 +193,26 @@ async def test_a_judge_with_its_own_engine(judge_model: Path, generation: Genera
             "judges[3]",
             Path.cwd(),
         )
+
+
+async def test_registry_builds_judges_on_the_served_generator(
+    generation: GenerationService, judge_model: Path, tmp_path: Path
+) -> None:
+    from rewardserve.registry import Registry
+    from rewardserve.sources import spec
+
+    config = tmp_path / "judges.yaml"  # JSON is YAML too
+    judge = {"name": "judge", "engine": "generator", "template": TEMPLATE, "choices": {"1": 1, "5": 5}}
+    config.write_text(json.dumps({"judges": [judge]}))
+    entries = spec.load_config_file(config)
+    assert [(e.name, e.kind) for e in entries] == [("judge", "judge")]
+    settings = Settings(cache_dir=tmp_path)
+    with pytest.raises(ConfigError, match="no generator is served"):
+        await Registry.build(entries, settings, metrics=Metrics())
+    registry = await Registry.build(entries, settings, metrics=Metrics(), generation=generation)
+    try:
+        assert registry.cards()[0]["kind"] == "judge"
+        (result,) = await registry.get("judge").score(INPUTS[:1], ScoreOptions())
+        assert result.status == "ok" and result.score is not None and 1.0 <= result.score <= 5.0
+    finally:
+        await registry.close()

@@ -101,7 +101,9 @@ def test_http_routes_by_name_and_default(http: httpx.Client, ref: dict[str, Any]
     assert default["model"] == "helpful"
     assert default["scores"] == pytest.approx(ref["helpful"], abs=TOL)
     # A single model's answer keeps its wire contract exactly.
-    assert all(set(d) == {"tokens", "truncated", "objectives"} for d in default["details"])
+    # Typed results on every entry kind (issue 15): status and mask always, nothing else for a plain model.
+    assert all(set(d) == {"tokens", "truncated", "objectives", "status", "mask"} for d in default["details"])
+    assert all(d["status"] == "ok" and d["mask"] is False for d in default["details"])
     assert default["usage"]["prompt_tokens"] == sum(d["tokens"] for d in default["details"])
     safety = _score(http, {"model": "safety", "inputs": wire})
     assert safety["model"] == "safety"

@@ -7,7 +7,9 @@ logged as its reward must be what the server gives for the completions the rewar
 from __future__ import annotations
 
 import asyncio
+import math
 import statistics
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -63,8 +65,14 @@ def _recording(url: str, name: str, *, asynchronous: bool = False) -> Any:
     return fn
 
 
-def _train(policy: Path, out: Path, dataset: list[Any], reward_funcs: list[Any]) -> list[dict[str, float]]:
-    """Run GRPOTrainer for STEPS steps; returns the logs it emitted."""
+def _train(
+    policy: Path,
+    out: Path,
+    dataset: list[Any],
+    reward_funcs: list[Any],
+    columns: dict[str, list[Any]] | None = None,
+) -> list[dict[str, float]]:
+    """Run GRPOTrainer for STEPS steps (``columns``: more dataset columns); returns its logs."""
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -101,7 +109,7 @@ def _train(policy: Path, out: Path, dataset: list[Any], reward_funcs: list[Any])
         model=str(policy),
         reward_funcs=reward_funcs,
         args=config,
-        train_dataset=Dataset.from_dict({"prompt": dataset}),
+        train_dataset=Dataset.from_dict({"prompt": dataset, **(columns or {})}),
         callbacks=[Keep()],
     )
     trainer.train()
@@ -165,3 +173,65 @@ def test_grpo_trains_on_conversations_with_sync_and_async_reward_functions(
     ):
         assert seen_sync == seen_async
         assert rewards_sync == pytest.approx(rewards_async, abs=1e-9)
+
+
+MATH_PROMPTS = ["What is 2+2?", "What is 3*3?", "What is 10-4?", "What is 1/2+1/2?"]
+ANSWERS = ["4", "9", "6", "1"]
+
+
+class RecordingLabels(RewardFunction):
+    """The real reward function, also remembering the label column TRL passed."""
+
+    calls: list[tuple[list[Any], list[Any], list[Any], list[float | None]]]
+
+    def __call__(self, prompts: Any, completions: Any, **kwargs: Any) -> list[float | None]:
+        rewards = super().__call__(prompts, completions, **kwargs)
+        self.calls.append((list(prompts), list(completions), list(kwargs["answer"]), rewards))
+        return rewards
+
+
+def test_grpo_trains_on_a_composite_of_the_math_verifier_and_a_reward_model(
+    tiny_llama: Path, tiny_policy: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "rewards.yaml"
+    config.write_text(
+        f"models:\n  - {{name: rm, path: {tiny_llama}, max_input_tokens: 256}}\n"
+        "functions:\n  - {name: math, workers: 1}\n"
+        "composites:\n  - {name: math_rm, weights: {math: 1.0, rm: 0.1}}\n"
+    )
+    with ServerThread(Settings(config=config, port=0, grpc_port=0), preload=False) as srv:
+        for _ in range(1500):  # the registry loads in the background
+            if httpx.get(f"{srv.http_url}/health/ready").status_code == 200:
+                break
+            assert srv.server.runtime.load_error is None, srv.server.runtime.load_error
+            time.sleep(0.2)
+        template = reward_function(srv.http_url, model="math_rm", name="math_rm", label_column="answer")
+        fn = RecordingLabels(
+            srv.http_url,
+            model="math_rm",
+            truncate=True,
+            as_text=False,
+            name="math_rm",
+            client_options={},
+            label_column="answer",
+        )
+        assert vars(fn) == vars(template)
+        fn.calls = []
+        logs = _train(tiny_policy, tmp_path / "out", MATH_PROMPTS, [fn], columns={"answer": ANSWERS})
+        assert len(fn.calls) == STEPS and len(logs) == STEPS
+        for prompts, completions, answers, rewards in fn.calls:
+            assert [ANSWERS[MATH_PROMPTS.index(p)] for p in prompts] == answers  # the label column
+            inputs = [
+                {"prompt": p, "response": c, "label": a}
+                for p, c, a in zip(prompts, completions, answers, strict=True)
+            ]
+            r = httpx.post(
+                f"{srv.http_url}/v1/score",
+                json={"model": "math_rm", "inputs": inputs, "truncate": True},
+                timeout=60,
+            ).json()
+            assert rewards == pytest.approx(r["scores"], abs=1e-6)
+            for d in r["details"]:  # both components answered each sample
+                assert set(d["components"]) == {"math", "rm"} and d["components"]["math"] in (0.0, 1.0)
+        for entry in logs:
+            assert math.isfinite(entry["rewards/math_rm/mean"])

@@ -243,7 +243,7 @@ def test_openrlhf_200_concurrent_single_sample_requests(srv: ServerThread, tiny_
     for i, shards in enumerate(answers):
         assert len(shards) == (1 if i % 2 else 2)
         if i % 2 == 0:
-            assert shards[1] == {"rewards": [], "scores": [], "extra_logs": {"reward_tokens": []}}
+            assert shards[1] == {"rewards": [], "scores": [], "extra_logs": {"reward_tokens": [], "mask": []}}
         info = shards[0]  # what OpenRLHF reads: rewards_info_list[0]
         assert set(info) == {"rewards", "scores", "extra_logs"}
         assert info["scores"] == info["rewards"] and isinstance(info["extra_logs"], dict)

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from rewardserve.functions._compat import RewardResult
 from rewardserve.scoring.advantages import advantages_of_group, group_advantages, group_stats
 from rewardserve.scoring.combine import combine
+from rewardserve.scoring.types import RewardResult
 
 
 def test_hand_computed() -> None:

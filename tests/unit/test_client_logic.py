@@ -159,9 +159,25 @@ def test_trainer_adapters_build_the_right_inputs() -> None:
     assert to_inputs([chat_p], ["a"]) == [[*chat_p, {"role": "assistant", "content": "a"}]]
     with pytest.raises(ValueError):
         to_inputs(["p"], [])
-    assert to_input("s", {"question": "q"}) == ("q", "s")
-    assert to_input("s", {"prompt": chat_p}) == [*chat_p, {"role": "assistant", "content": "s"}]
-    assert to_input("s", None) == {"text": "s"} == to_input("s", {"index": 1})
+    # TRL: label_column's values ride along as each input's label.
+    assert to_inputs(["p", "q"], ["c", "d"], labels=[{"x": 1}, 4]) == [
+        {"prompt": "p", "response": "c", "label": {"x": 1}},
+        {"prompt": "q", "response": "d", "label": 4},
+    ]
+    assert to_inputs([chat_p], [chat_c], labels=["7"]) == [{"messages": [*chat_p, *chat_c], "label": "7"}]
+    # verl: ground_truth is the label, data_source and extra_info the metadata (numpy made plain).
+    import numpy as np
+
+    meta = {"data_source": None, "extra_info": {"question": "q"}}
+    assert to_input("s", {"question": "q"}) == {"prompt": "q", "response": "s", "metadata": meta}
+    assert to_input("s", {"prompt": chat_p}, "4", "gsm8k") == {
+        "messages": [*chat_p, {"role": "assistant", "content": "s"}],
+        "label": "4",
+        "metadata": {"data_source": "gsm8k", "extra_info": {"prompt": chat_p}},
+    }
+    assert to_input("s", None) == {"text": "s"}
+    assert to_input("s", {"index": np.int64(1)}, np.array([1, 2]))["label"] == [1, 2]
+    assert to_input("s", {"index": np.int64(1)})["metadata"]["extra_info"] == {"index": 1}
 
 
 def test_http_statuses_map_to_typed_errors() -> None:

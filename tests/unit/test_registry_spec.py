@@ -105,7 +105,7 @@ def test_sections_order_decides_the_default(tmp_path: Path, dirs: dict[str, Path
         ("models:\n  - {name: a, path: helpful, colour: red}\n", "colour"),
         ("models:\n  - {name: 'a b', path: helpful}\n", "name"),
         ("models:\n  - {name: a, path: helpful, device: tpu}\n", "device"),
-        ("models:\n  - {name: a, path: helpful}\njudges: []\n", "unknown section 'judges'"),
+        ("models:\n  - {name: a, path: helpful}\ngraders: []\n", "unknown section 'graders'"),
         ("models: []\n", "no reward model declared"),
         ("models: {name: a}\n", "must be a list"),
         ("[1, 2]\n", "must be a mapping"),

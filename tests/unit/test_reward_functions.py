@@ -6,11 +6,10 @@ import math
 
 import pytest
 
-from rewardserve.functions._compat import ScoreInput
 from rewardserve.functions.builtins import exact_match, json_valid, math_verify_reward, regex_match
 from rewardserve.functions.source import call_kwargs
 from rewardserve.functions.worker import check_result
-from rewardserve.scoring.types import Message
+from rewardserve.scoring.types import Message, ScoreInput
 
 MATH_TABLE = [
     # (response, label, expected)

@@ -166,11 +166,14 @@ async def test_registry_lookup_cards_and_lifecycle() -> None:
 
 
 def test_result_details_only_set_fields() -> None:
-    assert RewardResult(1.0, tokens=4).details() == {"tokens": 4, "truncated": False}
+    # status and mask always (issue 15: typed results for every entry kind), the rest only if set.
+    ok = {"status": "ok", "mask": False}
+    assert RewardResult(1.0, tokens=4).details() == {"tokens": 4, "truncated": False, **ok}
     d = RewardResult(0.5, raw=3.0, step_scores=(0.5, 0.9), objectives={"h": 1.0}).details()
     assert d == {
         "tokens": 0,
         "truncated": False,
+        **ok,
         "raw": 3.0,
         "step_scores": [0.5, 0.9],
         "objectives": {"h": 1.0},
@@ -183,3 +186,5 @@ def test_result_details_only_set_fields() -> None:
         "mask": True,
         "error": "slow",
     }
+    e = RewardResult(1.0, extras={"passed": 3}, advantage=0.5).details()
+    assert e["extras"] == {"passed": 3} and e["advantage"] == 0.5

@@ -147,14 +147,15 @@ class GenerateResponse(BaseModel):
 
 
 class RolloutSampleOut(SampleOut):
-    reward: float
+    reward: float | None  # None: masked (the reward source failed for this sample); see ``mask``
+    mask: bool = False
     advantage: float | None = None
 
 
 class RolloutGroupOut(BaseModel):
     prompt_tokens: int
-    mean: float
-    std: float
+    mean: float | None  # over the group's unmasked samples; None when all are masked
+    std: float | None
     samples: list[RolloutSampleOut]
 
 
@@ -178,7 +179,10 @@ class RolloutResponse(BaseModel):
                 std=g.std,
                 samples=[
                     RolloutSampleOut(
-                        **SampleOut.of(s.sample).model_dump(), reward=s.reward, advantage=s.advantage
+                        **SampleOut.of(s.sample).model_dump(),
+                        reward=s.reward,
+                        mask=s.reward is None,
+                        advantage=s.advantage,
                     )
                     for s in g.samples
                 ],

@@ -60,13 +60,12 @@ async def compare(
 def _record(
     runtime: Runtime, source: RewardSource, inputs: Sequence[ScoreInput], results: Sequence[RewardResult]
 ) -> None:
-    """Per-entry counts under the entry's name (bounded: declared names and "adhoc"):
-    rewardserve_reward_results_total{model, status}. TODO(merge, issue 15 wiring): FunctionSource and
-    the judge count their own results too; once they are registry entries, count in one place. An entry with a
-    batcher of its own (a model) records its reward distribution there; for the others (ensembles,
-    composites, ...) the distribution is recorded here, so every entry has one."""
+    """The reward distribution per entry (bounded labels: declared names and "adhoc"). Result counts
+    (rewardserve_reward_results_total{model, status}) are kept by every source itself, members and
+    components included, so they are not counted again here. An entry with a batcher of its own (a
+    model) records its reward distribution there; for the others (ensembles, composites, functions,
+    judges) it is recorded here, so every entry has one."""
     m = runtime.metrics
-    m.count_results(source.name, [r.status for r in results])
     if getattr(source, "service", None) is None:
         scored = [(r.score, i) for r, i in zip(results, inputs, strict=True) if r.score is not None]
         m.observe_rewards(source.name, [s for s, _ in scored], [float(_length(i)) for _, i in scored])

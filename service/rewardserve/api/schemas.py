@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rewardserve.generation.types import GeneratorInfo
+from rewardserve.scoring.advantages import Advantage
 from rewardserve.scoring.types import Message, RewardResult, ScoreInput
 
 
@@ -18,7 +19,9 @@ class MessageIn(BaseModel):
 
 class InputIn(BaseModel):
     """One input: {prompt, response} | {messages} | {text}; for a process reward model also
-    {prompt, steps} or {messages, steps} (the steps are the assistant turn after the messages)."""
+    {prompt, steps} or {messages, steps} (the steps are the assistant turn after the messages). Each
+    with an optional ``label`` (any JSON: what reward functions and judges check the response
+    against), ``metadata`` (any JSON) and ``group`` (advantages are computed within a group)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
     prompt: str | None = None
@@ -26,6 +29,9 @@ class InputIn(BaseModel):
     messages: list[MessageIn] | None = None
     text: str | None = None
     steps: list[str] | None = None
+    label: Any = None
+    metadata: Any = None
+    group: str | None = Field(default=None, max_length=256)
 
     @model_validator(mode="after")
     def _one_kind(self) -> InputIn:
@@ -52,9 +58,10 @@ class InputIn(BaseModel):
 
     def to_input(self) -> ScoreInput:
         steps = tuple(self.steps) if self.steps is not None else None
+        extra = {"label": self.label, "metadata": self.metadata, "group": self.group, "steps": steps}
         if self.messages is not None:
-            return ScoreInput(messages=tuple(Message(m.role, m.content) for m in self.messages), steps=steps)
-        return ScoreInput(prompt=self.prompt, response=self.response, text=self.text, steps=steps)
+            return ScoreInput(messages=tuple(Message(m.role, m.content) for m in self.messages), **extra)
+        return ScoreInput(prompt=self.prompt, response=self.response, text=self.text, **extra)
 
 
 # What "model" may hold: a served name, or ad hoc composite weights {"helpful": 1.0, "safety": 0.5}.
@@ -70,17 +77,21 @@ class ScoreRequest(BaseModel):
     truncate: bool = False
     reduce: ReduceIn | None = None  # ensembles: what `scores` holds (default: the ensemble's)
     step_reduce: StepReduceIn | None = None  # process reward models: steps -> score (default: min)
+    advantage: Advantage | None = None  # add details[i].advantage within each input's group
 
 
 class Detail(BaseModel):
-    """``details[i]``: tokens and truncated always (objectives null for a scalar head); every other
-    field ``RewardResult.details()`` sets (members, mean, std, min, conservative, components, raw,
-    step_scores, status, mask, ...) passes through as it is, whatever the source's kind."""
+    """``details[i]``: tokens, truncated, status and mask always (objectives null for a scalar head);
+    every other field ``RewardResult.details()`` sets (members, mean, std, min, conservative,
+    components, raw, step_scores, extras, advantage, error, ...) passes through as it is, whatever the
+    source's kind."""
 
     model_config = ConfigDict(extra="allow")
     tokens: int
     truncated: bool
     objectives: dict[str, float] | None = None
+    status: Literal["ok", "timeout", "error", "parse_failed"] = "ok"
+    mask: bool = False
 
 
 class Usage(BaseModel):
@@ -89,7 +100,7 @@ class Usage(BaseModel):
 
 class ScoreResponse(BaseModel):
     model: str
-    scores: list[float | None]  # None where the input is masked (details[i].status says why)
+    scores: list[float | None]  # None exactly where details[i].mask: never a silent 0
     details: list[Detail]
     usage: Usage
 
@@ -114,9 +125,42 @@ class GetRewardRequest(BaseModel):
 
 
 class GetRewardResponse(BaseModel):
-    rewards: list[float | None]
-    scores: list[float | None]
+    """OpenRLHF needs floats: a masked reward is 0.0 here, with ``extra_logs["mask"]`` 1.0 for it."""
+
+    rewards: list[float]
+    scores: list[float]
     extra_logs: dict[str, list[float]]
+
+
+class RewardRequest(BaseModel):
+    """slime's remote reward call (``--rm-url``): one sample. ``prompt`` is text or chat messages."""
+
+    model_config = ConfigDict(extra="allow")
+    prompt: str | list[MessageIn]
+    response: str
+    label: Any = None
+    metadata: Any = None
+
+    def to_input(self) -> ScoreInput:
+        if isinstance(self.prompt, str):
+            return ScoreInput(
+                prompt=self.prompt, response=self.response, label=self.label, metadata=self.metadata
+            )
+        turns = (*(Message(m.role, m.content) for m in self.prompt), Message("assistant", self.response))
+        return ScoreInput(messages=turns, label=self.label, metadata=self.metadata)
+
+
+def reward_answer(r: RewardResult) -> dict[str, Any]:
+    """slime reads ``reward`` (``--reward-key reward``); the rest is for logs: status, mask, the
+    entry's extras, components."""
+    out: dict[str, Any] = {"reward": r.score, "status": r.status, "mask": r.mask}
+    if r.error is not None:
+        out["error"] = r.error
+    if r.components is not None:
+        out["components"] = dict(r.components)
+    for key, value in (r.extras or {}).items():
+        out.setdefault(key, value)
+    return out
 
 
 class ModelCard(BaseModel):

@@ -167,13 +167,23 @@ def with_rewards(
     objectives: Sequence[str],
     scored_at: dt.datetime,
 ) -> pa.Table:
-    """``table`` plus reward, reward_<objective>..., reward_model, scored_at (replacing same-named)."""
+    """``table`` plus reward, reward_<objective>..., reward_status, reward_mask, reward_model,
+    scored_at (replacing same-named). A masked row (a reward function's timeout, a judge's unparsed
+    answer) has a null reward and its status, never a silent 0."""
     if table.num_rows != len(outputs):
         raise ValueError(f"{table.num_rows} rows but {len(outputs)} rewards")
     n = len(outputs)
-    new: dict[str, pa.Array] = {"reward": pa.array([o.score for o in outputs], type=pa.float64())}
+    ok = [o.status == "ok" for o in outputs]
+    new: dict[str, pa.Array] = {
+        "reward": pa.array(
+            [o.score if k else None for o, k in zip(outputs, ok, strict=True)], type=pa.float64()
+        )
+    }
     for i, name in enumerate(objectives):
-        new[f"reward_{name}"] = pa.array([o.values[i] for o in outputs], type=pa.float64())
+        values = [o.values[i] if k else None for o, k in zip(outputs, ok, strict=True)]
+        new[f"reward_{name}"] = pa.array(values, type=pa.float64())
+    new["reward_status"] = pa.array([o.status for o in outputs], type=pa.string())
+    new["reward_mask"] = pa.array([not k for k in ok], type=pa.bool_())
     new["reward_model"] = pa.array([model_name] * n, type=pa.string())
     new["scored_at"] = pa.array([scored_at] * n, type=pa.timestamp("us", tz="UTC"))
     for name, arr in new.items():

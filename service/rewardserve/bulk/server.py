@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 from collections.abc import Sequence
 
@@ -194,7 +195,17 @@ class ServerScorer:
                 await self._score_batch(inputs, pending[:half], truncate, out)
                 pending = pending[half:]
 
-    def _output(self, score: float, detail: ScoreDetail) -> ScoreOutput:
+    def _output(self, score: float | None, detail: ScoreDetail) -> ScoreOutput:
+        if score is None or detail.mask:  # the entry failed for this row: kept, with its status
+            width = max(1, len(self._objectives))
+            status = detail.status if detail.status != "ok" else "error"
+            return ScoreOutput(
+                score=math.nan,
+                values=(math.nan,) * width,
+                tokens=detail.tokens,
+                truncated=detail.truncated,
+                status=status,  # type: ignore[arg-type]
+            )
         objectives = detail.objectives or {}
         values = tuple(objectives[k] for k in self._objectives) if self._objectives else (float(score),)
         return ScoreOutput(

@@ -134,14 +134,19 @@ def score_bodies(
     chunk_size: int,
     reduce: str | None = None,
     step_reduce: str | None = None,
+    advantage: str | None = None,
 ) -> list[tuple[tuple[int, int], JSON]]:
     if isinstance(inputs, str | Mapping) or (isinstance(inputs, tuple) and _is_one_pair(inputs)):
         raise TypeError("score() takes a list of inputs; wrap a single input in a list")
     wire = [input_to_wire(x, i) for i, x in enumerate(inputs)]
+    # Advantages are group statistics: one request must hold every sample of the call.
+    size = (len(wire) or 1) if advantage else chunk_size
     out = []
-    for start, end in chunks(len(wire), chunk_size):
+    for start, end in chunks(len(wire), size):
         body: JSON = {"inputs": wire[start:end], "truncate": truncate}
         body |= model_fields(model, reduce, step_reduce)
+        if advantage:
+            body["advantage"] = advantage
         out.append(((start, end), body))
     return out
 

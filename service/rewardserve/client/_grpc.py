@@ -70,12 +70,19 @@ def _input(body: Mapping[str, Any]) -> reward_pb2.Input:
     messages = [
         reward_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in body.get("messages") or ()
     ]
+    extra: dict[str, Any] = {}
+    for key in ("label", "metadata"):  # any JSON, as JSON text on the wire
+        if body.get(key) is not None:
+            extra[f"{key}_json"] = json.dumps(body[key])
+    if body.get("group") is not None:
+        extra["group"] = str(body["group"])
     return reward_pb2.Input(
         prompt=body.get("prompt"),
         response=body.get("response"),
         messages=messages,
         text=body.get("text"),
         steps=body.get("steps") or (),
+        **extra,
     )
 
 
@@ -95,13 +102,20 @@ def _score_request(body: JSON) -> reward_pb2.ScoreRequest:
         inputs=[_input(x) for x in body["inputs"]],
         truncate=bool(body.get("truncate", False)),
         **_source_fields(body),
+        advantage=body.get("advantage") or "",
     )
 
 
 def _detail_json(d: reward_pb2.Detail) -> JSON:
     """A proto Detail as the HTTP ``details[i]``: only the fields the server set."""
-    out: JSON = {"tokens": d.tokens, "truncated": d.truncated, "objectives": dict(d.objectives) or None}
-    for key in ("raw", "mean", "std", "min", "conservative"):
+    out: JSON = {
+        "tokens": d.tokens,
+        "truncated": d.truncated,
+        "objectives": dict(d.objectives) or None,
+        "status": d.status or "ok",
+        "mask": d.mask,
+    }
+    for key in ("raw", "mean", "std", "min", "conservative", "advantage"):
         if d.HasField(key):
             out[key] = getattr(d, key)
     if d.members or d.HasField("mean"):
@@ -110,19 +124,20 @@ def _detail_json(d: reward_pb2.Detail) -> JSON:
         out["components"] = dict(d.components)
     if d.step_scores:
         out["step_scores"] = list(d.step_scores)
-    if d.mask:
-        out.update(status=d.status, mask=True, error=d.error or None)
+    if d.extras_json:
+        out["extras"] = json.loads(d.extras_json)
+    if d.error:
+        out["error"] = d.error
     return out
 
 
 def _score_json(r: reward_pb2.ScoreResponse) -> JSON:
-    masked = [d.mask for d in r.details]
+    details = [_detail_json(d) for d in r.details]
     return {
         "model": r.model,
-        "scores": [None if m else s for s, m in zip(r.scores, masked, strict=False)]
-        if any(masked)
-        else list(r.scores),
-        "details": [_detail_json(d) for d in r.details],
+        # A masked score travels as NaN (proto3 has no null): None here, as over HTTP.
+        "scores": [None if d["mask"] else s for s, d in zip(r.scores, details, strict=True)],
+        "details": details,
         "usage": {"prompt_tokens": r.usage.prompt_tokens},
     }
 
@@ -245,15 +260,18 @@ def _generate_json(r: generation_pb2.GenerateResponse) -> JSON:
 
 
 def _rollout_json(r: generation_pb2.RolloutResponse) -> JSON:
+    # A masked reward travels as 0.0 with mask set: None here, as over HTTP (and no group
+    # statistics when every sample of the group is masked).
     groups = [
         {
             "prompt_tokens": g.prompt_tokens,
-            "mean": g.mean,
-            "std": g.std,
+            "mean": g.mean if not all(x.mask for x in g.samples) else None,
+            "std": g.std if not all(x.mask for x in g.samples) else None,
             "samples": [
                 {
                     **_sample_json(x.sample),
-                    "reward": x.reward,
+                    "reward": None if x.mask else x.reward,
+                    "mask": x.mask,
                     "advantage": x.advantage if x.HasField("advantage") else None,
                 }
                 for x in g.samples

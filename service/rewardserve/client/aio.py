@@ -133,11 +133,13 @@ class AsyncRewardClient:
         reduce: str | None = None,
         step_reduce: str | None = None,
         timeout: float | None = None,
-    ) -> list[float]:
+    ) -> list[float | None]:
         """Rewards of ``inputs`` (see ``rewardserve.client.Input``), in order, from ``model``: a
         served name, ad hoc weights ``{"helpful": 1.0, "safety": 0.5}``, or None (the default).
         ``reduce`` (ensembles: mean | min | conservative) and ``step_reduce`` (process reward
-        models: min | last | mean | prod) choose what the score is. A masked input's score is NaN."""
+        models: min | last | mean | prod) choose what the score is. None where the reward source
+        failed for that input (a verifier's timeout, a judge's unparsed answer: see
+        ``score_details``), never a silent 0."""
         result = await self.score_details(
             inputs, model=model, truncate=truncate, reduce=reduce, step_reduce=step_reduce, timeout=timeout
         )
@@ -151,10 +153,13 @@ class AsyncRewardClient:
         truncate: bool = False,
         reduce: str | None = None,
         step_reduce: str | None = None,
+        advantage: str | None = None,
         timeout: float | None = None,
     ) -> ScoreResult:
-        """Rewards plus per-input details (tokens, truncated, objectives; an ensemble's members,
-        mean, std, min, conservative; a composite's components; raw; step_scores) and token usage."""
+        """Rewards plus per-input details (tokens, truncated, objectives, status, mask, extras; an
+        ensemble's members, mean, std, min, conservative; a composite's components; raw;
+        step_scores; with ``advantage="grpo" | "drgrpo" | "rloo"`` each input's advantage within its
+        ``group``) and token usage. With ``advantage``, the inputs go in one request."""
         bodies = _core.score_bodies(
             inputs,
             model=model,
@@ -162,6 +167,7 @@ class AsyncRewardClient:
             chunk_size=self.config.max_inputs_per_request,
             reduce=reduce,
             step_reduce=step_reduce,
+            advantage=advantage,
         )
         if not bodies:
             return ScoreResult(model=_core.model_label(model), scores=[], details=[], prompt_tokens=0)

@@ -14,6 +14,11 @@ and logs its rewards under ``rewards/<fn.__name__>/mean``. Both of TRL's dataset
 * conversational: ``prompts`` are message lists and ``completions`` lists of assistant messages ->
   scored as the conversation ``prompt + completion``.
 
+``label_column="answer"`` sends that dataset column (TRL passes every extra column as a keyword
+argument) as each input's ``label``: what a reward function (``math``, your verifier) or a judge
+checks the completion against. A sample a reward source fails on (timeout, error) gets ``None``,
+which TRL's GRPOTrainer turns into NaN and leaves out of its statistics, never a silent 0.
+
 ``asynchronous=True`` returns an ``async def`` reward function: GRPOTrainer (TRL >= 1.0) runs async
 reward functions concurrently on its own event loop, so scoring overlaps other reward functions.
 
@@ -28,15 +33,28 @@ from typing import Any, Literal, overload
 
 from rewardserve.client.aio import AsyncRewardClient
 from rewardserve.client.sync import RewardClient
-from rewardserve.client.types import Input, ModelRef
+from rewardserve.client.types import Input, ModelRef, input_to_wire
 
 __all__ = ["AsyncRewardFunction", "RewardFunction", "reward_function", "to_inputs"]
 
 
-def to_inputs(prompts: Sequence[Any], completions: Sequence[Any], *, as_text: bool = False) -> list[Input]:
-    """What to score for each (prompt, completion) TRL hands over."""
+def to_inputs(
+    prompts: Sequence[Any],
+    completions: Sequence[Any],
+    *,
+    as_text: bool = False,
+    labels: Sequence[Any] | None = None,
+) -> list[Input]:
+    """What to score for each (prompt, completion) TRL hands over, with ``labels[i]`` as its label."""
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    if labels is not None:
+        if len(labels) != len(prompts):
+            raise ValueError(f"{len(labels)} labels but {len(prompts)} prompts")
+        plain = to_inputs(prompts, completions, as_text=as_text)
+        return [
+            {**input_to_wire(x, i), "label": y} for i, (x, y) in enumerate(zip(plain, labels, strict=True))
+        ]
     out: list[Input] = []
     for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
         if isinstance(p, str) and isinstance(c, str):
@@ -67,8 +85,10 @@ class _Base:
         as_text: bool,
         name: str,
         client_options: Mapping[str, Any],
+        label_column: str | None = None,
     ) -> None:
         self.url = url
+        self.label_column = label_column
         self.model = model
         self.truncate = truncate
         self.as_text = as_text
@@ -78,6 +98,19 @@ class _Base:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r}, model={self.model!r}, name={self.__name__!r})"
 
+    def inputs(
+        self, prompts: Sequence[Any], completions: Sequence[Any], columns: Mapping[str, Any]
+    ) -> list[Input]:
+        labels = None
+        if self.label_column is not None:
+            if self.label_column not in columns:
+                raise KeyError(
+                    f"label_column={self.label_column!r}: TRL passed no such dataset column; "
+                    f"columns: {sorted(columns)}"
+                )
+            labels = columns[self.label_column]
+        return to_inputs(prompts, completions, as_text=self.as_text, labels=labels)
+
 
 class RewardFunction(_Base):
     """A blocking TRL reward function. The client (and its connections) is created on first call
@@ -85,10 +118,12 @@ class RewardFunction(_Base):
 
     _client: RewardClient | None = None
 
-    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+    def __call__(
+        self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
+    ) -> list[float | None]:
         if self._client is None:
             self._client = RewardClient(self.url, **self.client_options)
-        inputs = to_inputs(prompts, completions, as_text=self.as_text)
+        inputs = self.inputs(prompts, completions, kwargs)
         return self._client.score(inputs, model=self.model, truncate=self.truncate)
 
     def close(self) -> None:
@@ -109,11 +144,11 @@ class AsyncRewardFunction(_Base):
 
     async def __call__(
         self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
-    ) -> list[float]:
+    ) -> list[float | None]:
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
             self._client, self._loop = AsyncRewardClient(self.url, **self.client_options), loop
-        inputs = to_inputs(prompts, completions, as_text=self.as_text)
+        inputs = self.inputs(prompts, completions, kwargs)
         return await self._client.score(inputs, model=self.model, truncate=self.truncate)
 
     async def aclose(self) -> None:
@@ -133,6 +168,7 @@ def reward_function(
     truncate: bool = ...,
     as_text: bool = ...,
     name: str = ...,
+    label_column: str | None = ...,
     asynchronous: Literal[False] = ...,
     **client_options: Any,
 ) -> RewardFunction: ...
@@ -146,6 +182,7 @@ def reward_function(
     truncate: bool = ...,
     as_text: bool = ...,
     name: str = ...,
+    label_column: str | None = ...,
     asynchronous: Literal[True],
     **client_options: Any,
 ) -> AsyncRewardFunction: ...
@@ -158,6 +195,7 @@ def reward_function(
     truncate: bool = True,
     as_text: bool = False,
     name: str = "rewardserve",
+    label_column: str | None = None,
     asynchronous: bool = False,
     **client_options: Any,
 ) -> RewardFunction | AsyncRewardFunction:
@@ -169,7 +207,16 @@ def reward_function(
     failing the training step, as OpenRLHF's remote reward does. ``name``: the ``__name__`` TRL
     logs rewards under (give each function its own when passing several). ``client_options`` go
     to ``RewardClient`` (``api_key`` for a server that requires one, ``tls_ca``, ``timeout``,
-    ``retry``, ``max_inputs_per_request``...).
+    ``retry``, ``max_inputs_per_request``...). ``label_column``: the dataset column sent as each
+    input's label.
     """
     cls = AsyncRewardFunction if asynchronous else RewardFunction
-    return cls(url, model=model, truncate=truncate, as_text=as_text, name=name, client_options=client_options)
+    return cls(
+        url,
+        model=model,
+        truncate=truncate,
+        as_text=as_text,
+        name=name,
+        client_options=client_options,
+        label_column=label_column,
+    )

@@ -6,7 +6,6 @@ it to and from protobuf messages, so everything above the transports is shared.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypedDict, cast
@@ -34,7 +33,9 @@ Input: TypeAlias = str | tuple[str, str] | Mapping[str, Any] | Sequence[Message]
 * ``(prompt, response)``: through the reward model's chat template;
 * ``[{"role": "user", ...}, {"role": "assistant", ...}]``: a conversation, through the template;
 * a wire dict: ``{"prompt", "response"}``, ``{"messages"}`` or ``{"text"}``; for a process reward
-  model also ``{"prompt", "steps"}`` or ``{"messages", "steps"}`` (steps: a list of strings).
+  model also ``{"prompt", "steps"}`` or ``{"messages", "steps"}`` (steps: a list of strings); each
+  optionally with ``"label"`` (any JSON: what reward functions and judges check against),
+  ``"metadata"`` (any JSON) and ``"group"`` (advantages are computed within a group).
 """
 
 ModelRef: TypeAlias = str | Mapping[str, float] | None
@@ -45,6 +46,7 @@ Pair: TypeAlias = tuple[str, str, str] | Mapping[str, str]
 """A preference question: ``(prompt, a, b)`` or ``{"prompt", "a", "b"}``; answers P(a ≻ b)."""
 
 _KINDS = ("prompt", "response", "messages", "text", "steps")
+_EXTRAS = ("label", "metadata", "group")  # carried beside any kind of input
 
 
 def message_to_wire(m: Message, where: str) -> dict[str, str]:
@@ -74,9 +76,12 @@ def input_to_wire(x: Input, index: int) -> dict[str, Any]:
     if isinstance(x, tuple) and len(x) == 2 and all(isinstance(p, str) for p in x):
         return {"prompt": x[0], "response": x[1]}
     if isinstance(x, Mapping):
-        unknown = set(x) - set(_KINDS)
+        unknown = set(x) - set(_KINDS) - set(_EXTRAS)
         if unknown:
-            raise TypeError(f"{where}: unknown keys {sorted(unknown)}; use prompt+response, messages or text")
+            raise TypeError(
+                f"{where}: unknown keys {sorted(unknown)}; use prompt+response, messages or text "
+                "(with label, metadata, group)"
+            )
         out: dict[str, Any] = {k: x[k] for k in _KINDS if x.get(k) is not None}
         if "messages" in out:
             out["messages"] = [message_to_wire(m, where) for m in out["messages"]]
@@ -88,6 +93,7 @@ def input_to_wire(x: Input, index: int) -> dict[str, Any]:
         kinds = ("prompt" in out or "response" in out) + ("messages" in out) + ("text" in out)
         if kinds != 1 or (("prompt" in out) != ("response" in out)):
             raise TypeError(f"{where}: give exactly one of prompt+response, messages or text")
+        out.update({k: x[k] for k in _EXTRAS if x.get(k) is not None})
         return out
     if isinstance(x, Sequence) and x and all(isinstance(m, Mapping) for m in x):
         return {"messages": [message_to_wire(cast(Message, m), where) for m in x]}
@@ -130,9 +136,15 @@ class ScoreDetail:
     step_scores: list[float] | None = None
     """Process reward models: P(step is good) for each step."""
     status: str = "ok"
-    """"ok", or why the input is masked (its score is then NaN, never a silent 0)."""
+    """"ok", or why the input is masked: "timeout" | "error" | "parse_failed"."""
     mask: bool = False
+    """True when status is not "ok": the score is None, never a silent 0."""
+    extras: dict[str, Any] | None = None
+    """A reward function's or judge's extra fields."""
+    advantage: float | None = None
+    """The input's group advantage, when the call asked for one (None for masked inputs)."""
     error: str | None = None
+    """Why the input is masked."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Every other field the server reported for this input."""
 
@@ -163,6 +175,8 @@ class ScoreDetail:
             step_scores=[float(x) for x in d["step_scores"]] if d.get("step_scores") is not None else None,
             status=str(d.get("status") or "ok"),
             mask=bool(d.get("mask", False)),
+            extras=dict(d["extras"]) if d.get("extras") else None,
+            advantage=opt("advantage"),
             error=None if d.get("error") is None else str(d["error"]),
             extra={k: v for k, v in d.items() if k not in known},
         )
@@ -172,9 +186,9 @@ def opt_value(v: Any) -> float | None:
     return None if v is None else float(v)
 
 
-def score_value(v: Any) -> float:
-    """A wire score as a float: a masked (null) one is NaN, so it cannot pass for a real reward."""
-    return math.nan if v is None else float(v)
+def score_value(v: Any) -> float | None:
+    """A wire score as a float; a masked one (null over HTTP) is None, never a silent 0."""
+    return None if v is None else float(v)
 
 
 @dataclass(frozen=True)
@@ -182,7 +196,8 @@ class ScoreResult:
     """A scoring call's answer: ``scores[i]`` belongs to ``inputs[i]``."""
 
     model: str
-    scores: list[float]
+    scores: list[float | None]
+    """None where ``details[i].mask``: a reward source that failed for that input."""
     details: list[ScoreDetail]
     prompt_tokens: int
 
@@ -213,8 +228,9 @@ class CompareResult:
     """``probabilities[i]`` = P(a ≻ b) = sigmoid(``margins[i]``), ``margins[i]`` = r_a - r_b."""
 
     model: str
-    probabilities: list[float]
-    margins: list[float]
+    probabilities: list[float | None]
+    """None where either side is masked."""
+    margins: list[float | None]
 
     @classmethod
     def from_wire(cls, body: Mapping[str, Any]) -> CompareResult:
@@ -231,6 +247,14 @@ class CompareResult:
             probabilities=[p for r in parts for p in r.probabilities],
             margins=[m for r in parts for m in r.margins],
         )
+
+
+def _number(x: Any) -> float | None:
+    """A JSON number, or None for null (HTTP) and NaN (gRPC): a masked value."""
+    if x is None:
+        return None
+    value = float(x)
+    return None if value != value else value
 
 
 @dataclass(frozen=True)
@@ -308,14 +332,15 @@ class GenerateResponse(TypedDict):
 
 
 class RolloutSample(Sample, total=False):
-    reward: float
+    reward: float | None
+    mask: bool
     advantage: float | None
 
 
 class RolloutGroup(TypedDict):
     prompt_tokens: int
-    mean: float
-    std: float
+    mean: float | None
+    std: float | None
     samples: list[RolloutSample]
 
 

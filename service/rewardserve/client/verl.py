@@ -15,7 +15,11 @@ response only. What is scored:
   same keys (then the response is appended as the assistant turn);
 * ``{"text": solution_str}`` otherwise.
 
-``ground_truth`` and ``data_source`` are not sent: a reward model judges the response itself.
+Each input carries ``ground_truth`` as its ``label`` and ``{"data_source": ..., "extra_info": ...}``
+as its ``metadata`` (numpy values made plain JSON): a reward model ignores them, a reward function
+(``math``, your verifier) or a judge checks the response against them. verl needs a float for every
+sample: one a reward source fails on (timeout, error) is 0.0 here, as on ``/get_reward``; score
+through ``RewardClient.score_details`` to see status and mask.
 
 Where the server is: ``extra_info["rewardserve_url"]`` (one URL or several), else the environment
 variable ``REWARDSERVE_URL`` (comma-separated for several). The environment is read here, unlike in
@@ -83,17 +87,42 @@ def _model(extra_info: Any) -> str | None:
     return str(model) if model else None
 
 
-def to_input(solution_str: str, extra_info: Any) -> Input:
+def to_input(solution_str: str, extra_info: Any, ground_truth: Any = None, data_source: Any = None) -> Input:
     """What is scored for one verl sample (see the module docstring)."""
+    body: dict[str, Any] = {"text": solution_str}
     if isinstance(extra_info, Mapping):
         for key in _PROMPT_KEYS:
             prompt = extra_info.get(key)
             if isinstance(prompt, str):
-                return (prompt, solution_str)
+                body = {"prompt": prompt, "response": solution_str}
+                break
             if isinstance(prompt, Sequence) and prompt and all(isinstance(m, Mapping) for m in prompt):
                 chat = [message_to_wire(m, f"extra_info[{key!r}]") for m in prompt]
-                return [*chat, {"role": "assistant", "content": solution_str}]
-    return {"text": solution_str}
+                body = {"messages": [*chat, {"role": "assistant", "content": solution_str}]}
+                break
+    if ground_truth is not None:
+        body["label"] = plain_json(ground_truth)
+    if data_source is not None or extra_info is not None:
+        body["metadata"] = plain_json({"data_source": data_source, "extra_info": extra_info})
+    return body
+
+
+def plain_json(x: Any) -> Any:
+    """``x`` as plain JSON values: verl's rows come from parquet, with numpy arrays and scalars."""
+    if isinstance(x, str | int | float | bool) or x is None:
+        return x
+    if isinstance(x, Mapping):
+        return {str(k): plain_json(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [plain_json(v) for v in x]
+    tolist = getattr(x, "tolist", None)  # numpy arrays and scalars
+    if callable(tolist):
+        return plain_json(tolist())
+    return str(x)
+
+
+def _float(reward: float | None) -> float:
+    return 0.0 if reward is None else reward  # masked: verl needs a float (module docstring)
 
 
 def _api_key() -> str | None:
@@ -137,9 +166,11 @@ def compute_score(
     """verl's custom reward function: the reward of one response."""
     urls = _urls(extra_info)
     (reward,) = _client(urls).score(
-        [to_input(solution_str, extra_info)], model=_model(extra_info), truncate=True
+        [to_input(solution_str, extra_info, ground_truth, data_source)],
+        model=_model(extra_info),
+        truncate=True,
     )
-    return reward
+    return _float(reward)
 
 
 async def compute_score_async(
@@ -150,20 +181,33 @@ async def compute_score_async(
     urls = _urls(extra_info)
     client = _async_client(urls)
     (reward,) = await client.score(
-        [to_input(solution_str, extra_info)], model=_model(extra_info), truncate=True
+        [to_input(solution_str, extra_info, ground_truth, data_source)],
+        model=_model(extra_info),
+        truncate=True,
     )
-    return reward
+    return _float(reward)
 
 
 def _batch(
-    solution_strs: Sequence[str], extra_infos: Sequence[Any] | None
+    solution_strs: Sequence[str],
+    extra_infos: Sequence[Any] | None,
+    ground_truths: Sequence[Any],
+    data_sources: Sequence[Any],
 ) -> list[tuple[tuple[tuple[str, ...], str | None], int, Input]]:
-    infos: Sequence[Any] = extra_infos if extra_infos is not None else [None] * len(solution_strs)
-    if len(infos) != len(solution_strs):
-        raise ValueError(f"{len(solution_strs)} solution_strs but {len(infos)} extra_infos")
+    n = len(solution_strs)
+    infos: Sequence[Any] = extra_infos if extra_infos is not None else [None] * n
+    for name, given in (
+        ("extra_infos", infos),
+        ("ground_truths", ground_truths),
+        ("data_sources", data_sources),
+    ):
+        if len(given) != n:
+            raise ValueError(f"{n} solution_strs but {len(given)} {name}")
     return [
-        ((_urls(info), _model(info)), i, to_input(s, info))
-        for i, (s, info) in enumerate(zip(solution_strs, infos, strict=True))
+        ((_urls(info), _model(info)), i, to_input(s, info, gt, ds))
+        for i, (s, info, gt, ds) in enumerate(
+            zip(solution_strs, infos, ground_truths, data_sources, strict=True)
+        )
     ]
 
 
@@ -186,10 +230,11 @@ def compute_score_batch(
 ) -> list[float]:
     """verl's batched signature (``reward_manager=batch``): rewards of a whole batch, in order."""
     out = [0.0] * len(solution_strs)
-    for (urls, model), group in _grouped(_batch(solution_strs, extra_infos)).items():
+    items = _batch(solution_strs, extra_infos, ground_truths, data_sources)
+    for (urls, model), group in _grouped(items).items():
         rewards = _client(urls).score([inp for _, inp in group], model=model, truncate=True)
         for (i, _), r in zip(group, rewards, strict=True):
-            out[i] = r
+            out[i] = _float(r)
     return out
 
 
@@ -202,7 +247,7 @@ async def compute_score_batch_async(
 ) -> list[float]:
     """``compute_score_batch`` as a coroutine (verl's reward loop awaits coroutine functions)."""
     out = [0.0] * len(solution_strs)
-    groups = list(_grouped(_batch(solution_strs, extra_infos)).items())
+    groups = list(_grouped(_batch(solution_strs, extra_infos, ground_truths, data_sources)).items())
     results = await asyncio.gather(
         *(
             _async_client(urls).score([inp for _, inp in g], model=model, truncate=True)
@@ -211,5 +256,5 @@ async def compute_score_batch_async(
     )
     for (_, group), rewards in zip(groups, results, strict=True):
         for (i, _), r in zip(group, rewards, strict=True):
-            out[i] = r
+            out[i] = _float(r)
     return out

@@ -21,25 +21,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rewardserve.errors import ConfigError
-
-# TODO(merge): import these from rewardserve.scoring.types / errors / sources.spec / registry.
-from rewardserve.functions._compat import (
-    BuildContext,
-    Entry,
-    RewardResult,
-    ScoreInput,
-    ScoreOptions,
-)
 from rewardserve.functions.pool import CallResult, WorkerPool, default_workers
 from rewardserve.functions.worker import BUILTINS, resolve_target
 from rewardserve.metrics import Metrics
+from rewardserve.scoring.types import RewardResult, ScoreInput, ScoreOptions
+from rewardserve.sources.entry import NAME_PATTERN, Entry
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # TODO(merge): sources.spec.NAME_PATTERN
+if TYPE_CHECKING:
+    from rewardserve.registry import BuildContext
+
 KIND = "function"
 
 
@@ -136,7 +131,7 @@ class FunctionSource:
 
 # ---------------------------------------------------------------------- registry hooks
 def parse_function(data: Mapping[str, Any], where: str, base_dir: Path) -> Entry:
-    """The ``functions:`` section parser (TODO(merge): ``sources.spec.SECTIONS["functions"]``)."""
+    """The ``functions:`` section parser."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a mapping of fields, got {type(data).__name__}")
     try:
@@ -178,7 +173,7 @@ def parse_reward_fn_flag(value: str, index: int, base_dir: Path | None = None) -
 
 
 async def build_function(entry: Entry, ctx: BuildContext) -> FunctionSource:
-    """The ``function`` kind's builder (TODO(merge): ``registry.BUILDERS["function"]``). Starts the
+    """The ``function`` kind's builder. Starts the
     workers, so a target that fails to import stops start-up with its message."""
     source = FunctionSource(entry.plan, metrics=ctx.metrics)
     await source.start()

@@ -31,7 +31,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
@@ -39,19 +39,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from rewardserve.config import Settings
 from rewardserve.errors import ConfigError, RewardServeError
-
-# TODO(merge): import these from rewardserve.scoring.types / errors / sources.spec / registry.
-from rewardserve.functions._compat import (
-    BuildContext,
-    Entry,
-    RewardResult,
-    ScoreInput,
-    ScoreOptions,
-)
 from rewardserve.generation.service import GenerationService, start_generation
 from rewardserve.metrics import Metrics
+from rewardserve.scoring.types import RewardResult, ScoreInput, ScoreOptions
+from rewardserve.sources.entry import NAME_PATTERN, Entry
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # TODO(merge): sources.spec.NAME_PATTERN
+if TYPE_CHECKING:
+    from rewardserve.registry import BuildContext
+
 KIND = "judge"
 _JUDGEMENT_CHARS = 500
 
@@ -155,6 +150,7 @@ class JudgeSource:
         self.config = config
         self.generation = generation
         self.owns_engine = owns_engine
+        self.pairwise = config.pairwise  # sources.base.compare hands pairs to ``compare`` when set
         self.metrics = metrics
         try:
             self.template = _JINJA.from_string(config.template)
@@ -334,7 +330,7 @@ def choice_token_ids(name: str, tokenizer: Any, choices: Mapping[str, float]) ->
 
 # ---------------------------------------------------------------------- registry hooks
 def parse_judge(data: Mapping[str, Any], where: str, base_dir: Path) -> Entry:
-    """The ``judges:`` section parser (TODO(merge): ``sources.spec.SECTIONS["judges"]``)."""
+    """The ``judges:`` section parser."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a mapping of fields, got {type(data).__name__}")
     try:
@@ -358,7 +354,7 @@ def parse_judge(data: Mapping[str, Any], where: str, base_dir: Path) -> Entry:
 
 
 async def build_judge(entry: Entry, ctx: BuildContext) -> JudgeSource:
-    """The ``judge`` kind's builder (TODO(merge): ``registry.BUILDERS["judge"]``)."""
+    """The ``judge`` kind's builder."""
     cfg: JudgeConfig = entry.plan
     if cfg.engine == "generator":
         if ctx.generation is None:

@@ -26,7 +26,7 @@ from rewardserve.scoring.types import Message, ScoreInput
 @dataclass(frozen=True)
 class ScoredSample:
     sample: Sample
-    reward: float
+    reward: float | None  # None: masked (a reward source that failed for this sample)
     advantage: float | None
 
 
@@ -36,8 +36,8 @@ class RolloutGroup:
 
     prompt_tokens: int
     samples: tuple[ScoredSample, ...]
-    mean: float
-    std: float
+    mean: float | None  # None when every sample of the group is masked
+    std: float | None
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,10 @@ async def rollout(
     for result in generated.results:
         outs = scores[at : at + len(result.samples)]
         at += len(result.samples)
-        rewards = [o.score for o in outs]
-        mean, std = group_stats(rewards)
+        rewards: list[float | None] = [o.score for o in outs]
+        # Masked rewards (None) are left out of the group's statistics, as /v1/score's advantages.
+        scored = [r for r in rewards if r is not None]
+        mean, std = group_stats(scored) if scored else (None, None)
         advs: list[float | None] = (
             group_advantages(rewards, [None] * len(rewards), "grpo", eps)
             if advantages

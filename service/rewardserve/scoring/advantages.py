@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Sequence
+from dataclasses import replace
 from typing import Literal, get_args
+
+from rewardserve.scoring.types import RewardResult, ScoreInput
 
 Advantage = Literal["grpo", "drgrpo", "rloo"]
 ADVANTAGES: tuple[str, ...] = get_args(Advantage)
@@ -77,3 +80,18 @@ def group_advantages(
         for (i, _), adv in zip(scored, advs, strict=True):
             out[i] = adv
     return out
+
+
+def apply_advantages(
+    inputs: Sequence[ScoreInput],
+    results: Sequence[RewardResult],
+    method: Advantage,
+    eps: float = DEFAULT_EPS,
+) -> list[RewardResult]:
+    """``results`` with ``advantage`` set within each input's ``group`` (what a request's
+    ``"advantage"`` option asks for); masked results keep advantage None and are left out of their
+    group's statistics."""
+    if len(inputs) != len(results):
+        raise ValueError(f"{len(inputs)} inputs but {len(results)} results")
+    advs = group_advantages([r.score for r in results], [i.group for i in inputs], method, eps)
+    return [replace(r, advantage=a) for r, a in zip(results, advs, strict=True)]

@@ -1,7 +1,7 @@
 """A composite's reward from its components' results (pure; no torch).
 
-TODO(merge): r14's ``CompositeSource.score`` should build each input's result with ``combine`` so the
-masking rule lives in one place for every mix of kinds (models, functions, judges).
+``CompositeSource.score`` builds each input's result here, so the masking rule lives in one place for
+every mix of kinds (models, functions, judges).
 """
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-# TODO(merge): from rewardserve.scoring.types import RewardResult
-from rewardserve.functions._compat import RewardResult
+from rewardserve.scoring.types import RewardResult
 
 
 def combine(weights: Mapping[str, float], component_results: Mapping[str, RewardResult]) -> RewardResult:

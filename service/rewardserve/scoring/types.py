@@ -29,6 +29,12 @@ class ScoreInput:
     messages: tuple[Message, ...] | None = None
     text: str | None = None
     steps: tuple[str, ...] | None = None
+    # Issue 15: what reward functions and judges check the response against (any JSON: a reference
+    # answer, test cases, ...), free-form context (verl's data_source / extra_info), and the group
+    # (one prompt's samples) that advantages are computed within. Reward models ignore all three.
+    label: Any = None
+    metadata: Any = None
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ class ScoreOutput:
     tokens: int
     truncated: bool
     step_scores: tuple[float, ...] | None = None  # process reward models: P(good) of each step
+    status: Status = "ok"  # bulk against a server: a masked input (score NaN, not a reward)
 
 
 @dataclass(frozen=True)
@@ -122,19 +129,24 @@ class RewardResult:
     step_scores: tuple[float, ...] | None = None  # PRMs
     extras: dict[str, Any] | None = None  # reward functions' extra fields
     error: str | None = None  # why, when status is not "ok"
+    advantage: float | None = None  # set by apply_advantages when a request asks for one
 
     @property
     def mask(self) -> bool:
         return self.status != "ok"
 
     def details(self) -> dict[str, Any]:
-        """The JSON ``details[i]`` of a scoring answer: tokens and truncated always, the rest if set."""
-        out: dict[str, Any] = {"tokens": self.tokens, "truncated": self.truncated}
-        if self.status != "ok":
-            out["status"] = self.status
-            out["mask"] = True
-            if self.error is not None:
-                out["error"] = self.error
+        """The JSON ``details[i]`` of a scoring answer: tokens, truncated, status and mask always, the
+        rest if set (``extras``: a reward function's or judge's extra fields)."""
+        # status and mask always: a trainer tells a real 0 from a failure without knowing the kind.
+        out: dict[str, Any] = {
+            "tokens": self.tokens,
+            "truncated": self.truncated,
+            "status": self.status,
+            "mask": self.mask,
+        }
+        if self.error is not None:
+            out["error"] = self.error
         if self.objectives is not None:
             out["objectives"] = dict(self.objectives)
         if self.raw is not None:
@@ -147,5 +159,7 @@ class RewardResult:
         if self.step_scores is not None:
             out["step_scores"] = list(self.step_scores)
         if self.extras:
-            out.update(self.extras)
+            out["extras"] = dict(self.extras)
+        if self.advantage is not None:
+            out["advantage"] = self.advantage
         return out

@@ -51,7 +51,14 @@ async def compare(
     source: RewardSource, pairs: Sequence[tuple[ScoreInput, ScoreInput]], options: ScoreOptions
 ) -> list[PairResult]:
     """Bradley-Terry preference of ``a`` over ``b`` for each pair, on any source. Both sides of every
-    pair go in one scoring call, so they are batched (and admitted, and timed out) together."""
+    pair go in one scoring call, so they are batched (and admitted, and timed out) together.
+
+    A pairwise judge (``pairwise: true``) reads both sides at once: its value for the pair is the
+    ``margin``, and the ``probability`` too when it lies in [0, 1] (choices such as {"A": 1, "B": 0}
+    give P(a better)), else its sigmoid. ``a`` and ``b`` both carry the judge's result."""
+    if getattr(source, "pairwise", False):
+        judged = await source.compare(pairs, options)  # type: ignore[attr-defined]
+        return [_judged_pair(r) for r in judged]
     flat = [side for pair in pairs for side in pair]
     try:
         results = await source.score(flat, options)
@@ -68,6 +75,13 @@ async def compare(
             margin = a.score - b.score
             out.append(PairResult(margin, 0.5 * (1.0 + math.tanh(margin / 2)), a, b))  # sigmoid, no overflow
     return out
+
+
+def _judged_pair(r: RewardResult) -> PairResult:
+    if r.score is None:
+        return PairResult(None, None, r, r)
+    p = r.score if 0.0 <= r.score <= 1.0 else 0.5 * (1.0 + math.tanh(r.score / 2))
+    return PairResult(r.score, p, r, r)
 
 
 async def score_all(

@@ -1,4 +1,7 @@
-"""Composites: a weighted sum of other sources' rewards (each after its own normalization)."""
+"""Composites: a weighted sum of other sources' rewards (each after its own normalization).
+
+Components may be of any kind (models, ensembles, reward functions, judges): they are scored
+concurrently, so a verifier's worker processes run while the model's forward does."""
 
 from __future__ import annotations
 
@@ -6,9 +9,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from rewardserve.metrics import Metrics
+from rewardserve.scoring.combine import combine
 from rewardserve.scoring.types import RewardResult, ScoreInput, ScoreOptions
-from rewardserve.sources.aggregate import weighted_sum
-from rewardserve.sources.base import RewardSource, masked, score_all
+from rewardserve.sources.base import RewardSource, score_all
 
 
 class CompositeSource:
@@ -16,7 +20,13 @@ class CompositeSource:
 
     kind = "composite"
 
-    def __init__(self, name: str, components: Sequence[tuple[RewardSource, float]]) -> None:
+    def __init__(
+        self,
+        name: str,
+        components: Sequence[tuple[RewardSource, float]],
+        *,
+        metrics: Metrics | None = None,
+    ) -> None:
         if not components:
             raise ValueError(f"composite {name!r} has no components")
         for source, weight in components:
@@ -27,6 +37,8 @@ class CompositeSource:
         self.name = name
         self.sources = [s for s, _ in components]
         self.weights = [w for _, w in components]
+        self.metrics = metrics
+        self._by_name = {s.name: w for s, w in components}
 
     def card(self) -> dict[str, Any]:
         return {
@@ -37,23 +49,16 @@ class CompositeSource:
 
     async def score(self, inputs: Sequence[ScoreInput], options: ScoreOptions) -> list[RewardResult]:
         per_source = await score_all(self.sources, inputs, options)
-        out = []
-        for i in range(len(inputs)):
-            rows = [results[i] for results in per_source]
-            components = {s.name: r.score for s, r in zip(self.sources, rows, strict=True)}
-            tokens = sum(r.tokens for r in rows)
-            values = [r.score for r in rows]
-            if any(v is None for v in values):
-                name, bad = next(
-                    (s.name, r) for s, r in zip(self.sources, rows, strict=True) if r.score is None
-                )
-                out.append(
-                    masked(f"component {name!r}: {bad.error or bad.status}", tokens, components=components)
-                )
-                continue
-            score = weighted_sum([v for v in values if v is not None], self.weights)
-            truncated = any(r.truncated for r in rows)
-            out.append(RewardResult(score, tokens=tokens, truncated=truncated, components=components))
+        # A masked component masks the composite with its status (combine); components show the rest.
+        out = [
+            combine(
+                self._by_name,
+                {s.name: results[i] for s, results in zip(self.sources, per_source, strict=True)},
+            )
+            for i in range(len(inputs))
+        ]
+        if self.metrics is not None:
+            self.metrics.count_results(self.name, [r.status for r in out])
         return out
 
     async def start(self) -> None:

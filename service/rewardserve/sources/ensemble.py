@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from rewardserve.metrics import Metrics
 from rewardserve.scoring.types import Reduce, RewardResult, ScoreInput, ScoreOptions
 from rewardserve.sources.aggregate import ensemble_stats
 from rewardserve.sources.base import RewardSource, masked, score_all
@@ -26,6 +27,7 @@ class EnsembleSource:
         *,
         conservative_k: float = 1.0,
         reduce: Reduce = "mean",
+        metrics: Metrics | None = None,
     ) -> None:
         if not members:
             raise ValueError(f"ensemble {name!r} has no members")
@@ -33,6 +35,7 @@ class EnsembleSource:
         self.members = list(members)
         self.conservative_k = conservative_k
         self.reduce: Reduce = reduce
+        self.metrics = metrics
 
     def card(self) -> dict[str, Any]:
         return {
@@ -71,6 +74,8 @@ class EnsembleSource:
                     conservative=stats.conservative,
                 )
             )
+        if self.metrics is not None:
+            self.metrics.count_results(self.name, [r.status for r in out])
         return out
 
     async def start(self) -> None:

@@ -62,7 +62,9 @@ class ModelSource:
         timeout = None if options.deadline is None else max(0.0, options.deadline - time.monotonic())
         outputs = await self.service.score(inputs, truncate=options.truncate, timeout=timeout)
         step_reduce = options.step_reduce or self.step_reduce
-        return [self._result(o, step_reduce) for o in outputs]
+        results = [self._result(o, step_reduce) for o in outputs]
+        self.service.metrics.count_results(self.name, [r.status for r in results])
+        return results
 
     def _result(self, o: ScoreOutput, step_reduce: StepReduce) -> RewardResult:
         raw = o.score

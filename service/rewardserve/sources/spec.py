@@ -22,8 +22,10 @@ from rewardserve.config import BatchStrategy, Device, DType, Settings
 from rewardserve.errors import ConfigError
 from rewardserve.scoring.types import Reduce, StepReduce
 from rewardserve.sources.aggregate import Normalization
+from rewardserve.sources.entry import NAME_PATTERN, Entry
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # safe in URLs (/get_reward/{name}) and labels
+__all__ = ["NAME_PATTERN", "SECTIONS", "Entry", "from_settings", "parse_config", "validate"]
+
 _NAME = re.compile(NAME_PATTERN)
 MODEL_KINDS = frozenset({"model", "prm"})
 # Settings a model entry may override (each model has its own engine, batcher and budget).
@@ -98,18 +100,6 @@ class ModelPlan:
     normalization: Normalization | None
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One declared source, checked on its own; ``validate`` checks it against the others."""
-
-    name: str
-    kind: str
-    where: str  # "models[2]", for error messages
-    plan: Any  # what the kind's builder needs (ModelPlan, EnsembleConfig, ...)
-    refs: tuple[str, ...] = ()
-    ref_kinds: frozenset[str] | None = None  # kinds refs may have; None = any
-
-
 _C = TypeVar("_C", bound=BaseModel)
 SectionParser = Callable[[Mapping[str, Any], str, Path], Entry]
 
@@ -145,10 +135,25 @@ def _parse_composite(data: Mapping[str, Any], where: str, base_dir: Path) -> Ent
     return Entry(cfg.name, "composite", where, cfg, tuple(cfg.weights))
 
 
+def _parse_function(data: Mapping[str, Any], where: str, base_dir: Path) -> Entry:
+    # Imported here: functions/ and generation/ import this module (Entry, NAME_PATTERN).
+    from rewardserve.functions.source import parse_function
+
+    return parse_function(data, where, base_dir)
+
+
+def _parse_judge(data: Mapping[str, Any], where: str, base_dir: Path) -> Entry:
+    from rewardserve.generation.judge import parse_judge
+
+    return parse_judge(data, where, base_dir)
+
+
 SECTIONS: dict[str, SectionParser] = {
     "models": _parse_model,
     "ensembles": _parse_ensemble,
     "composites": _parse_composite,
+    "functions": _parse_function,
+    "judges": _parse_judge,
 }
 
 
@@ -246,21 +251,29 @@ def parse_model_flag(value: str, default_name: str) -> tuple[str, str]:
 
 
 def from_settings(settings: Settings) -> list[Entry]:
-    """The declaration in Settings: --config FILE, else --model (repeatable), else the demo model."""
+    """The declaration in Settings: --config FILE, else --model (repeatable), else the demo model;
+    then the reward functions of --reward-fn (repeatable), after the models."""
     flags = ([str(settings.model)] if settings.model is not None else []) + list(settings.models)
+    functions = [_reward_fn_flag(v, i) for i, v in enumerate(settings.reward_fn)]
     if settings.config is not None:
         if flags:
             raise ConfigError(
                 "give either --config or --model, not both: the config file declares the models"
             )
-        return load_config_file(settings.config)
+        return validate([*load_config_file(settings.config), *functions])
     if not flags:
-        return validate([_parse_model({"name": settings.model_name}, "--model", Path.cwd())])
+        return validate([_parse_model({"name": settings.model_name}, "--model", Path.cwd()), *functions])
     entries = []
     for i, flag in enumerate(flags):
         name, path = parse_model_flag(flag, settings.model_name)
         entries.append(_parse_model({"name": name, "path": path}, f"--model[{i}]", Path.cwd()))
-    return validate(entries)
+    return validate([*entries, *functions])
+
+
+def _reward_fn_flag(value: str, index: int) -> Entry:
+    from rewardserve.functions.source import parse_reward_fn_flag
+
+    return parse_reward_fn_flag(value, index, Path.cwd())
 
 
 def validate(entries: Sequence[Entry]) -> list[Entry]:

@@ -83,9 +83,14 @@ def generate_response(model: str, r: GenerateResult) -> pb.GenerateResponse:
 def rollout_response(generator: str, r: RolloutResult) -> pb.RolloutResponse:
     out = pb.RolloutResponse(model=r.reward_model, generator=generator, weights_version=r.weights_version)
     for g in r.groups:
-        group = out.groups.add(prompt_tokens=g.prompt_tokens, mean=g.mean, std=g.std)
+        group = out.groups.add(prompt_tokens=g.prompt_tokens)
+        if g.mean is not None and g.std is not None:
+            group.mean, group.std = g.mean, g.std
         for s in g.samples:
-            scored = group.samples.add(sample=_sample(s.sample), reward=s.reward)
+            # A masked reward is 0.0 on the wire with mask set (proto3 doubles have no null).
+            scored = group.samples.add(
+                sample=_sample(s.sample), reward=s.reward or 0.0, mask=s.reward is None
+            )
             if s.advantage is not None:
                 scored.advantage = s.advantage
     out.usage.prompt_tokens = sum(g.prompt_tokens for g in r.groups)

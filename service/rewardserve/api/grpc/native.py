@@ -21,6 +21,7 @@ from rewardserve.api.grpc.status import error_info, time_left
 from rewardserve.api.schemas import InputIn, validation_message
 from rewardserve.errors import InputError, NotReady
 from rewardserve.runtime import Runtime
+from rewardserve.scoring.advantages import ADVANTAGES, Advantage, apply_advantages
 from rewardserve.scoring.types import Reduce, RewardResult, ScoreInput, ScoreOptions, StepReduce
 
 # grpc ships no type hints: this documents what the handlers get.
@@ -37,7 +38,14 @@ def to_input(msg: reward_pb2.Input, index: int) -> ScoreInput:
         "messages": [{"role": m.role, "content": m.content} for m in msg.messages] or None,
         "text": msg.text if msg.HasField("text") else None,
         "steps": list(msg.steps) or None,
+        "group": msg.group if msg.HasField("group") else None,
     }
+    for field in ("label", "metadata"):  # any JSON, carried as JSON text (empty: none)
+        raw = getattr(msg, f"{field}_json")
+        try:
+            body[field] = json.loads(raw) if raw else None
+        except (ValueError, RecursionError):  # RecursionError: nested too deep for the parser
+            raise InputError(f"{field}_json is not valid JSON", index=index) from None
     try:
         return InputIn.model_validate(body).to_input()
     except ValidationError as exc:
@@ -98,6 +106,10 @@ def detail(r: RewardResult) -> reward_pb2.Detail:
         msg.step_scores.extend(r.step_scores)
     if r.error is not None:
         msg.error = r.error
+    if r.extras:
+        msg.extras_json = json.dumps(r.extras)
+    if r.advantage is not None:
+        msg.advantage = r.advantage
     return msg
 
 
@@ -127,6 +139,15 @@ def model_card(card: Mapping[str, Any]) -> reward_pb2.ModelCard:
     return msg
 
 
+def advantage_of(name: str) -> Advantage | None:
+    """The request's ``advantage`` method ("" = none), checked as HTTP checks it."""
+    if not name:
+        return None
+    if name not in ADVANTAGES:
+        raise InputError(f"advantage must be one of {list(ADVANTAGES)}, got {name!r}")
+    return cast(Advantage, name)
+
+
 class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
     """Thin handlers over the runtime's registry (api/routing.py); exceptions are mapped by
     status.ErrorInterceptor."""
@@ -140,7 +161,11 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
     ) -> reward_pb2.ScoreResponse:
         model = model_ref(request.model, request.weights)
         opts = score_options(request, context, truncate=request.truncate)
-        source, results = await routing.score(self.runtime, model, to_inputs(request.inputs), opts)
+        method = advantage_of(getattr(request, "advantage", ""))
+        parsed = to_inputs(request.inputs)
+        source, results = await routing.score(self.runtime, model, parsed, opts)
+        if method is not None:
+            results = apply_advantages(parsed, results, method)
         return score_response(source.name, results)
 
     async def Score(self, request: reward_pb2.ScoreRequest, context: Context) -> reward_pb2.ScoreResponse:

@@ -26,11 +26,14 @@ from rewardserve.api.schemas import (
     GetRewardResponse,
     ModelCard,
     ModelList,
+    RewardRequest,
     ScoreRequest,
     ScoreResponse,
+    reward_answer,
 )
 from rewardserve.errors import InputError
 from rewardserve.runtime import Runtime
+from rewardserve.scoring.advantages import apply_advantages
 from rewardserve.scoring.types import ScoreInput
 
 router = APIRouter()
@@ -57,7 +60,8 @@ async def ready(runtime: RuntimeDep) -> JSONResponse:
 
 @router.get("/v1/models")
 async def models(runtime: RuntimeDep) -> ModelList:
-    # Every registry entry (models, PRMs, ensembles, composites) with its kind, then the policy.
+    # Every registry entry (models, PRMs, ensembles, composites, functions, judges) with its kind,
+    # then the policy.
     registry = runtime.require_registry()
     cards: list[ModelCard | GeneratorCard] = [ModelCard.of(c) for c in registry.cards()]
     if runtime.generation is not None:
@@ -71,6 +75,8 @@ async def score(body: ScoreRequest, request: Request, runtime: RuntimeDep) -> Sc
     opts = routing.options(truncate=body.truncate, reduce=body.reduce, step_reduce=body.step_reduce)
     work = routing.score(runtime, body.model, inputs, opts)
     source, results = await unless_disconnected(request, work)
+    if body.advantage is not None:
+        results = apply_advantages(inputs, results, body.advantage)
     return ScoreResponse.build(source.name, results)
 
 
@@ -109,14 +115,44 @@ async def _get_reward(
 ) -> GetRewardResponse:
     if body.prompts is not None and body.prompts and len(body.prompts) != len(body.query):
         raise InputError(f"prompts has {len(body.prompts)} items but query has {len(body.query)}")
+    if body.labels is not None and body.labels and len(body.labels) != len(body.query):
+        raise InputError(f"labels has {len(body.labels)} items but query has {len(body.query)}")
+    labels = body.labels or [None] * len(body.query)
+    inputs = [ScoreInput(text=q, label=label) for q, label in zip(body.query, labels, strict=True)]
     # Truncated rather than refused when too long, as OpenRLHF's own serve_rm does: a 422 in the
     # middle of a training run would stop the run for one long sample.
-    inputs = [ScoreInput(text=q) for q in body.query]
     work = routing.score(runtime, model, inputs, routing.options(truncate=True))
     _, results = await unless_disconnected(request, work)
-    rewards = [r.score for r in results]
-    logs = {"reward_tokens": [float(r.tokens) for r in results]}
+    # OpenRLHF needs a float for every sample: a masked one is 0.0 and flagged in extra_logs.mask
+    # (1.0), so a trainer can drop it instead of learning from a fake 0.
+    rewards = [r.score if r.score is not None else 0.0 for r in results]
+    logs = {
+        "reward_tokens": [float(r.tokens) for r in results],
+        "mask": [float(r.mask) for r in results],
+    }
     return GetRewardResponse(rewards=rewards, scores=rewards, extra_logs=logs)
+
+
+@router.post("/v1/reward")
+async def reward(body: RewardRequest, request: Request, runtime: RuntimeDep) -> dict[str, object]:
+    # slime's remote reward call (--rm-url .../v1/reward --reward-key reward): one sample.
+    return await _reward(body, None, request, runtime)
+
+
+@router.post("/v1/reward/{name}")
+async def reward_named(
+    name: str, body: RewardRequest, request: Request, runtime: RuntimeDep
+) -> dict[str, object]:
+    # The entry in the path, since slime's body has no room for it.
+    return await _reward(body, name, request, runtime)
+
+
+async def _reward(
+    body: RewardRequest, name: str | None, request: Request, runtime: Runtime
+) -> dict[str, object]:
+    work = routing.score(runtime, name, [body.to_input()], routing.options(truncate=True))
+    _, (result,) = await unless_disconnected(request, work)
+    return reward_answer(result)
 
 
 def build_http_app(runtime: Runtime) -> FastAPI:

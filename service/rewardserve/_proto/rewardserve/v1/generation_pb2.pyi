@@ -165,14 +165,16 @@ class RolloutRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., generator: _Optional[str] = ..., prompts: _Optional[_Iterable[str]] = ..., messages: _Optional[_Iterable[_Union[Conversation, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., truncate: _Optional[bool] = ..., advantages: _Optional[bool] = ..., eps: _Optional[float] = ...) -> None: ...
 
 class ScoredSample(_message.Message):
-    __slots__ = ("sample", "reward", "advantage")
+    __slots__ = ("sample", "reward", "advantage", "mask")
     SAMPLE_FIELD_NUMBER: _ClassVar[int]
     REWARD_FIELD_NUMBER: _ClassVar[int]
     ADVANTAGE_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
     sample: Sample
     reward: float
     advantage: float
-    def __init__(self, sample: _Optional[_Union[Sample, _Mapping]] = ..., reward: _Optional[float] = ..., advantage: _Optional[float] = ...) -> None: ...
+    mask: bool
+    def __init__(self, sample: _Optional[_Union[Sample, _Mapping]] = ..., reward: _Optional[float] = ..., advantage: _Optional[float] = ..., mask: _Optional[bool] = ...) -> None: ...
 
 class RolloutGroup(_message.Message):
     __slots__ = ("prompt_tokens", "mean", "std", "samples")

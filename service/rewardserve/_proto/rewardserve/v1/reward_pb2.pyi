@@ -15,21 +15,27 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class Input(_message.Message):
-    __slots__ = ("prompt", "response", "messages", "text", "steps")
+    __slots__ = ("prompt", "response", "messages", "text", "steps", "label_json", "metadata_json", "group")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
+    LABEL_JSON_FIELD_NUMBER: _ClassVar[int]
+    METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     response: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
     text: str
     steps: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, prompt: _Optional[str] = ..., response: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., text: _Optional[str] = ..., steps: _Optional[_Iterable[str]] = ...) -> None: ...
+    label_json: str
+    metadata_json: str
+    group: str
+    def __init__(self, prompt: _Optional[str] = ..., response: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., text: _Optional[str] = ..., steps: _Optional[_Iterable[str]] = ..., label_json: _Optional[str] = ..., metadata_json: _Optional[str] = ..., group: _Optional[str] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("model", "inputs", "truncate", "weights", "reduce", "step_reduce")
+    __slots__ = ("model", "inputs", "truncate", "weights", "reduce", "step_reduce", "advantage")
     class WeightsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -43,16 +49,18 @@ class ScoreRequest(_message.Message):
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     REDUCE_FIELD_NUMBER: _ClassVar[int]
     STEP_REDUCE_FIELD_NUMBER: _ClassVar[int]
+    ADVANTAGE_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: _containers.RepeatedCompositeFieldContainer[Input]
     truncate: bool
     weights: _containers.ScalarMap[str, float]
     reduce: str
     step_reduce: str
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., truncate: _Optional[bool] = ..., weights: _Optional[_Mapping[str, float]] = ..., reduce: _Optional[str] = ..., step_reduce: _Optional[str] = ...) -> None: ...
+    advantage: str
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., truncate: _Optional[bool] = ..., weights: _Optional[_Mapping[str, float]] = ..., reduce: _Optional[str] = ..., step_reduce: _Optional[str] = ..., advantage: _Optional[str] = ...) -> None: ...
 
 class Detail(_message.Message):
-    __slots__ = ("tokens", "truncated", "objectives", "raw", "members", "mean", "std", "min", "conservative", "components", "step_scores", "status", "mask", "error")
+    __slots__ = ("tokens", "truncated", "objectives", "raw", "members", "mean", "std", "min", "conservative", "components", "step_scores", "status", "mask", "error", "extras_json", "advantage")
     class ObjectivesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +96,8 @@ class Detail(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     MASK_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    EXTRAS_JSON_FIELD_NUMBER: _ClassVar[int]
+    ADVANTAGE_FIELD_NUMBER: _ClassVar[int]
     tokens: int
     truncated: bool
     objectives: _containers.ScalarMap[str, float]
@@ -102,7 +112,9 @@ class Detail(_message.Message):
     status: str
     mask: bool
     error: str
-    def __init__(self, tokens: _Optional[int] = ..., truncated: _Optional[bool] = ..., objectives: _Optional[_Mapping[str, float]] = ..., raw: _Optional[float] = ..., members: _Optional[_Mapping[str, float]] = ..., mean: _Optional[float] = ..., std: _Optional[float] = ..., min: _Optional[float] = ..., conservative: _Optional[float] = ..., components: _Optional[_Mapping[str, float]] = ..., step_scores: _Optional[_Iterable[float]] = ..., status: _Optional[str] = ..., mask: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+    extras_json: str
+    advantage: float
+    def __init__(self, tokens: _Optional[int] = ..., truncated: _Optional[bool] = ..., objectives: _Optional[_Mapping[str, float]] = ..., raw: _Optional[float] = ..., members: _Optional[_Mapping[str, float]] = ..., mean: _Optional[float] = ..., std: _Optional[float] = ..., min: _Optional[float] = ..., conservative: _Optional[float] = ..., components: _Optional[_Mapping[str, float]] = ..., step_scores: _Optional[_Iterable[float]] = ..., status: _Optional[str] = ..., mask: _Optional[bool] = ..., error: _Optional[str] = ..., extras_json: _Optional[str] = ..., advantage: _Optional[float] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens",)
