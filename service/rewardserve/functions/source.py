@@ -23,14 +23,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from rewardserve.errors import ConfigError
 from rewardserve.functions.pool import CallResult, WorkerPool, default_workers
 from rewardserve.functions.worker import BUILTINS, resolve_target
 from rewardserve.metrics import Metrics
 from rewardserve.scoring.types import RewardResult, ScoreInput, ScoreOptions
-from rewardserve.sources.entry import NAME_PATTERN, Entry
+from rewardserve.sources.entry import NAME_PATTERN, Entry, parse_section_entry
 
 if TYPE_CHECKING:
     from rewardserve.registry import BuildContext
@@ -132,16 +132,7 @@ class FunctionSource:
 # ---------------------------------------------------------------------- registry hooks
 def parse_function(data: Mapping[str, Any], where: str, base_dir: Path) -> Entry:
     """The ``functions:`` section parser."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a mapping of fields, got {type(data).__name__}")
-    try:
-        cfg = FunctionConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'entry'}: {e['msg']}" for e in exc.errors()
-        )
-        name = data.get("name")
-        raise ConfigError(f"{where}{f' {name!r}' if name else ''}: {problems}") from None
+    cfg = parse_section_entry(FunctionConfig, data, where)
     target = cfg.resolved_target
     if cfg.target is None and target not in BUILTINS:
         raise ConfigError(

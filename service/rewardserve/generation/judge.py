@@ -35,14 +35,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rewardserve.config import Settings
 from rewardserve.errors import ConfigError, RewardServeError
 from rewardserve.generation.service import GenerationService, start_generation
 from rewardserve.metrics import Metrics
 from rewardserve.scoring.types import RewardResult, ScoreInput, ScoreOptions
-from rewardserve.sources.entry import NAME_PATTERN, Entry
+from rewardserve.sources.entry import NAME_PATTERN, Entry, parse_section_entry
 
 if TYPE_CHECKING:
     from rewardserve.registry import BuildContext
@@ -331,16 +331,7 @@ def choice_token_ids(name: str, tokenizer: Any, choices: Mapping[str, float]) ->
 # ---------------------------------------------------------------------- registry hooks
 def parse_judge(data: Mapping[str, Any], where: str, base_dir: Path) -> Entry:
     """The ``judges:`` section parser."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a mapping of fields, got {type(data).__name__}")
-    try:
-        cfg = JudgeConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'entry'}: {e['msg']}" for e in exc.errors()
-        )
-        name = data.get("name")
-        raise ConfigError(f"{where}{f' {name!r}' if name else ''}: {problems}") from None
+    cfg = parse_section_entry(JudgeConfig, data, where)
     try:
         _JINJA.from_string(cfg.template)
     except TemplateError as exc:

@@ -3,8 +3,15 @@ functions/, judges in generation/: they import this small module, and sources/sp
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from rewardserve.errors import ConfigError
+
+Config = TypeVar("Config", bound=BaseModel)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # safe in URLs (/get_reward/{name}) and labels
 
@@ -19,3 +26,18 @@ class Entry:
     plan: Any  # what the kind's builder needs (ModelPlan, EnsembleConfig, ...)
     refs: tuple[str, ...] = ()
     ref_kinds: frozenset[str] | None = None  # kinds refs may have; None = any
+
+
+def parse_section_entry(model: type[Config], data: object, where: str) -> Config:
+    """One YAML section entry validated into ``model``; a ConfigError naming the entry and each
+    problem otherwise (every section parser's first step)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of fields, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'entry'}: {e['msg']}" for e in exc.errors()
+        )
+        name = data.get("name")
+        raise ConfigError(f"{where}{f' {name!r}' if name else ''}: {problems}") from None
