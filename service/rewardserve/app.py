@@ -21,7 +21,7 @@ import importlib
 import logging
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -38,6 +38,7 @@ from rewardserve.registry import Registry
 from rewardserve.runtime import Runtime
 from rewardserve.scoring.engine import RewardEngine
 from rewardserve.scoring.service import ScoringModel, ScoringService
+from rewardserve.sources.entry import Entry
 
 if TYPE_CHECKING:  # imported only with --generator: a scoring-only server never loads vllm
     from rewardserve.generation.service import GenerationService
@@ -85,19 +86,18 @@ async def load_registry(
     metrics: Metrics,
     load_model: ModelLoader = load_engine,
     generation: GenerationService | None = None,
+    entries: Sequence[Entry] | None = None,
 ) -> Registry:
     """Every declared reward source (--model NAME=PATH, --config FILE, or the demo model), loaded,
     warmed up and started. Raises ConfigError for a declaration that cannot be served.
 
     Reward functions start their workers and judges check their choices; judges with
     ``engine: generator`` are built on ``generation``. A custom ``load_model`` (tests: a gated engine)
-    serves that one model under --model-name instead.
+    serves that one model under --model-name instead. ``entries``: the declaration, when already parsed.
     """
     if load_model is load_engine:
-        from rewardserve.sources import spec
-
-        # Parsing reads the YAML and normalization files: off the event loop, like the loading.
-        entries = await asyncio.to_thread(spec.from_settings, settings)
+        if entries is None:
+            entries = await declared_entries(settings)
         registry = await Registry.build(entries, settings, metrics=metrics, generation=generation)
         try:
             await registry.start()
@@ -112,6 +112,14 @@ async def load_registry(
     for card in registry.cards():
         log.info("reward source %r ready: %s", card["id"], _describe(card))
     return registry
+
+
+async def declared_entries(settings: Settings) -> list[Entry]:
+    """The declared sources, parsed and checked (ConfigError otherwise). Parsing reads the YAML and
+    normalization files: off the event loop, like the loading."""
+    from rewardserve.sources import spec
+
+    return await asyncio.to_thread(spec.from_settings, settings)
 
 
 def _describe(card: dict[str, object]) -> str:
@@ -248,10 +256,15 @@ class RewardServer:
     async def _load(self) -> None:
         try:
             if self.runtime.registry is None:
-                # The generator first: judges with `engine: generator` are built on it.
-                await self._start_generation()
+                entries = None
+                if self._load_model is load_engine:
+                    entries = await declared_entries(self.settings)
+                    if any(e.kind == "judge" for e in entries):
+                        # Judges with `engine: generator` are built on it: the generator first.
+                        await self._start_generation()
+                # Otherwise the reward models first: they load in seconds, the engine in tens.
                 self.runtime.registry = await load_registry(
-                    self.settings, self.runtime.metrics, self._load_model, self.runtime.generation
+                    self.settings, self.runtime.metrics, self._load_model, self.runtime.generation, entries
                 )
             await self._start_generation()
             if self.runtime.ready:
