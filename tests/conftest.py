@@ -94,3 +94,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is false); see README 'GPU'")
     for item in cuda_items:
         item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _no_hard_exit_from_in_process_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rewardserve serve` ends with ``os._exit`` when non-daemon threads outlive the drain (a wedged
+    forward must not hold the pod past its grace period). Tests that invoke the CLI in-process
+    (typer's CliRunner) share the runner's threads, so there it would end pytest itself, with the
+    serve's exit code 0 and most of the suite unrun. The real exit path is tested in a subprocess
+    (tests/e2e/test_drain.py)."""
+    import rewardserve.cli.serve
+
+    monkeypatch.setattr(rewardserve.cli.serve, "exit_past_wedged_threads", lambda code: None)
