@@ -103,6 +103,8 @@ def _no_hard_exit_from_in_process_cli(monkeypatch: pytest.MonkeyPatch) -> None:
     (typer's CliRunner) share the runner's threads, so there it would end pytest itself, with the
     serve's exit code 0 and most of the suite unrun. The real exit path is tested in a subprocess
     (tests/e2e/test_drain.py)."""
-    import rewardserve.cli.serve
+    import importlib
 
-    monkeypatch.setattr(rewardserve.cli.serve, "exit_past_wedged_threads", lambda code: None)
+    # By module: the package's `serve` attribute is the command function, not the module.
+    serve_module = importlib.import_module("rewardserve.cli.serve")
+    monkeypatch.setattr(serve_module, "exit_past_wedged_threads", lambda code: None)
