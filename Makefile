@@ -37,8 +37,12 @@ system-deps:
 		echo "prometheus/promtool not found: install them (Debian/Ubuntu: sudo apt-get install --no-install-recommends prometheus), or tests/e2e/test_prometheus.py and the promtool check will fail"; \
 	fi
 
+# The JUnit report is written when the session ends: if something ended the test process early
+# (a stray os._exit in a test once did, with exit code 0), there is no report and the target fails.
 test: install system-deps
-	$(BIN)/python -m pytest -q
+	rm -f .pytest-report.xml
+	$(BIN)/python -m pytest -q --junitxml=.pytest-report.xml
+	test -s .pytest-report.xml || { echo "pytest ended without its report: the run was cut short"; exit 1; }
 
 check: install
 	$(BIN)/ruff format --check service tests bench deploy
