@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from rewardserve.config import Settings
@@ -24,6 +23,7 @@ from rewardserve.sources import spec
 from rewardserve.sources.base import RewardSource
 from rewardserve.sources.composite import CompositeSource
 from rewardserve.sources.ensemble import EnsembleSource
+from rewardserve.sources.entry import BuildContext
 from rewardserve.sources.spec import CompositeConfig, EnsembleConfig, Entry
 
 if TYPE_CHECKING:
@@ -31,17 +31,6 @@ if TYPE_CHECKING:
     from rewardserve.scoring.service import ScoringService
 
 ADHOC_NAME = "adhoc"  # the name ad hoc weights are scored (and labelled in metrics) under
-
-
-@dataclass
-class BuildContext:
-    """What a builder gets: the server's settings and metrics, and the sources built so far (every
-    entry an entry names is built before it)."""
-
-    settings: Settings
-    metrics: Metrics
-    sources: dict[str, RewardSource] = field(default_factory=dict)
-    generation: GenerationService | None = None  # the co-served generator (judges' engine: generator)
 
 
 Builder = Callable[[Entry, BuildContext], Awaitable[RewardSource]]

@@ -45,7 +45,7 @@ from rewardserve.scoring.types import RewardResult, ScoreInput, ScoreOptions
 from rewardserve.sources.entry import NAME_PATTERN, Entry, parse_section_entry
 
 if TYPE_CHECKING:
-    from rewardserve.registry import BuildContext
+    from rewardserve.sources.entry import BuildContext
 
 KIND = "judge"
 _JUDGEMENT_CHARS = 500

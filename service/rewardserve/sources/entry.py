@@ -4,12 +4,18 @@ functions/, judges in generation/: they import this small module, and sources/sp
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from rewardserve.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rewardserve.config import Settings
+    from rewardserve.generation.service import GenerationService
+    from rewardserve.metrics import Metrics
+    from rewardserve.sources.base import RewardSource
 
 Config = TypeVar("Config", bound=BaseModel)
 
@@ -41,3 +47,15 @@ def parse_section_entry(model: type[Config], data: object, where: str) -> Config
         )
         name = data.get("name")
         raise ConfigError(f"{where}{f' {name!r}' if name else ''}: {problems}") from None
+
+
+@dataclass
+class BuildContext:
+    """What a builder gets: the server's settings and metrics, and the sources built so far (every
+    entry an entry names is built before it). Here, not in registry.py, so that the builders of
+    every kind (functions/, generation/judge.py) never import the registry that imports them."""
+
+    settings: Settings
+    metrics: Metrics
+    sources: dict[str, RewardSource] = field(default_factory=dict)
+    generation: GenerationService | None = None  # the co-served generator (judges' engine: generator)
