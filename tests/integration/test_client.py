@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -344,67 +343,6 @@ def test_generate_is_refused_clearly_without_a_generator(srv: ServerThread) -> N
             rm.generate(["hi"])
     with RewardClient(_url(srv, "grpc")) as rm, pytest.raises(TypeError, match="over gRPC"):
         rm.generate(["hi"], not_a_field=1)
-
-
-@pytest.mark.vllm
-def test_generate_and_rollout_through_the_client(tiny_llama: Path, tiny_policy: Path) -> None:
-    """A server with a real vLLM policy on the CPU: samples, reproducible seeds, and rollout rewards
-    that equal the client's own scores of the same prompt/response pairs."""
-    settings = _settings(
-        tiny_llama,
-        generator=tiny_policy,
-        generator_dtype="float32",
-        generator_max_model_len=1024,
-        generator_kv_cache_bytes=64 * 2**20,
-    )
-    prompts = ["The quick brown fox", "Question: what is the capital of France?"]
-    with ServerThread(settings, timeout=300) as s, RewardClient(s.http_url) as rm:
-        # The generator loads in the background after start: poll readiness, bounded.
-        for _ in range(6000):
-            if s.server.runtime.ready or s.server.runtime.load_error:
-                break
-            time.sleep(0.05)
-        assert s.server.runtime.ready, s.server.runtime.load_error
-        kinds = [(m.id, m.kind) for m in rm.models()]
-        assert kinds == [("default", "reward"), ("policy", "generator")]
-
-        out = rm.generate(prompts, n=2, max_tokens=6, seed=1, logprobs=True)
-        assert out["model"] == "policy" and len(out["results"]) == 2
-        for result in out["results"]:
-            assert len(result["samples"]) == 2
-            for sample in result["samples"]:
-                assert 0 < len(sample["token_ids"]) <= 6
-                assert len(sample["logprobs"] or []) == len(sample["token_ids"])
-        again = rm.generate(prompts, n=2, max_tokens=6, seed=1, logprobs=True)
-        assert [[x["text"] for x in r["samples"]] for r in again["results"]] == [
-            [x["text"] for x in r["samples"]] for r in out["results"]
-        ]
-        chat = rm.generate([[{"role": "user", "content": "hi"}]], max_tokens=4, seed=2)
-        assert len(chat["results"][0]["samples"]) == 1
-
-        roll = rm.rollout(prompts, n=3, max_tokens=6, seed=3, advantages=True)
-        assert roll["model"] == "default" and roll["generator"] == "policy"
-        pairs = [(p, x["text"]) for p, g in zip(prompts, roll["groups"], strict=True) for x in g["samples"]]
-        rewards = [x["reward"] for g in roll["groups"] for x in g["samples"]]
-        assert rewards == pytest.approx(rm.score(pairs), abs=1e-6)
-        for g in roll["groups"]:
-            assert g["mean"] == pytest.approx(sum(x["reward"] for x in g["samples"]) / 3, abs=1e-6)
-            assert all(x["advantage"] is not None for x in g["samples"])
-
-        # gRPC (GenerationService): the same answers as HTTP, field for field, for the same seeds.
-        with RewardClient(_url(s, "grpc")) as grm:
-            assert grm.generate(prompts, n=2, max_tokens=6, seed=1, logprobs=True) == out
-            assert grm.rollout(prompts, n=3, max_tokens=6, seed=3, advantages=True) == roll
-
-        async def via_async() -> list[Any]:
-            answers = []
-            for transport in TRANSPORTS:
-                async with AsyncRewardClient(_url(s, transport)) as arm:
-                    answers.append(await arm.rollout(prompts[:1], n=2, max_tokens=4, seed=5, stop=["."]))
-            return answers
-
-        http_roll, grpc_roll = asyncio.run(via_async())
-        assert len(http_roll["groups"][0]["samples"]) == 2 and grpc_roll == http_roll
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
