@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,18 @@ async def test_models_and_health(client: httpx.AsyncClient) -> None:
     card = (await client.get("/v1/models")).json()["data"][0]
     assert card["id"] == "default" and card["max_input_tokens"] == 256
     assert card["dtype"] == "float32" and card["device"] == "cpu" and card["head"] == "scalar"
+
+
+async def test_accepted_connections_have_tcp_nodelay(server: RewardServer, client: httpx.AsyncClient) -> None:
+    """A response goes out as two writes (head, then body); with Nagle on, the body waited for the
+    client's delayed ACK, ~40 ms on every keep-alive request. asyncio sets TCP_NODELAY on accepted
+    connections only when the listening socket's proto is IPPROTO_TCP (app._bind)."""
+    assert (await client.get("/health/live")).status_code == 200
+    connections = list(server._http.server_state.connections)
+    assert connections, "no open connection on the server"
+    for protocol in connections:
+        sock = protocol.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
 async def test_concurrent_single_requests_get_their_own_scores(
