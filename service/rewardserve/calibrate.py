@@ -81,14 +81,15 @@ def calibrate(
 ) -> dict[str, Any]:
     """Score ``data_jsonl`` on the model at ``model_path``; write (if ``out_json``) and return
     ``{"mean", "std", "count", ...}``. ``kind`` None: detected (prm for token-classification models)."""
+    model_path, data_jsonl = Path(model_path), Path(data_jsonl)
+    settings = (settings or Settings()).model_copy(update={"model": model_path})
+    # The data is read before torch and transformers are imported (seconds): a bad file fails at once.
+    inputs = read_inputs(data_jsonl)
     from rewardserve.scoring.engine import RewardEngine
     from rewardserve.scoring.prm import PRMEngine
     from rewardserve.sources.aggregate import ensemble_stats, reduce_steps
     from rewardserve.sources.spec import detect_kind
 
-    model_path, data_jsonl = Path(model_path), Path(data_jsonl)
-    settings = (settings or Settings()).model_copy(update={"model": model_path})
-    inputs = read_inputs(data_jsonl)
     kind = kind or detect_kind(model_path)
     engine: RewardEngine
     if kind == "prm":
