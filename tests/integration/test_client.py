@@ -1,4 +1,7 @@
-"""RewardClient / AsyncRewardClient against real servers (HTTP and gRPC, ports 0, tiny Llama RM)."""
+"""RewardClient / AsyncRewardClient against real servers (HTTP and gRPC, ports 0, tiny Llama RM).
+
+Generate and rollout through the client are tested in test_generation.py, on that module's vLLM server
+(an engine start costs ~20 s)."""
 
 from __future__ import annotations
 
