@@ -237,20 +237,22 @@ def _build(target: Path, log: Callable[[str], None]) -> DemoReport:
 
     rows = _Rows()
     chosen, rejected = rows.pairs(train)
-    feats = extract_features(model, tokenizer, *rows.columns())
+    feats = extract_features(model, tokenizer, *rows.columns(), dtype=torch.float16)
     log(
         f"demo model: cached frozen encoder features for {len(rows.index)} rows "
         f"in {time.perf_counter() - started:.1f}s"
     )
-    fit(model, feats, chosen, rejected, log)
+    kv = fit(model, feats, chosen, rejected, log)
     with torch.no_grad():
         n_rows = len(rows.index)
         reward = torch.cat(
             [
-                cls_path_reward(model, feats.rows(torch.arange(s, min(s + _CHUNK, n_rows))))
+                cls_path_reward(model, feats.rows(torch.arange(s, min(s + _CHUNK, n_rows))), kv)
                 for s in range(0, n_rows, _CHUNK)
             ]
         )
+        if kv is not None:
+            kv.merge_into(model)
         # The pairwise loss ignores a constant shift, so centre the scores: mean train reward 0 makes
         # the demo's raw numbers read naturally (positive = better than a typical training answer).
         model.classifier.bias.sub_(reward.mean())
