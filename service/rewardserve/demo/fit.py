@@ -20,6 +20,10 @@ _LR = 1e-3
 # Keeps the adapted last layer near the pretrained one: without a pull back the head could drift to
 # memorise individual pairs of the (still small) data set.
 _WEIGHT_DECAY_TO_INIT = 1e-3
+# Fraction of the steps after which the trained weights are averaged (0 < x < 1, or None: the last
+# step's weights). A uniform average of the late iterates ("stochastic weight averaging") lands in a
+# flatter spot than any one of them.
+_AVERAGE_FROM: float | None = 0.5
 # Rank of the trainable correction to the last layer's key projection (0: keys frozen).
 _KEY_RANK = 32
 
@@ -96,7 +100,9 @@ def fit(
     batches = list(torch.split(torch.argsort(pair_length, stable=True), _PAIRS_PER_STEP))
     loss = torch.tensor(float("nan"))
     queue: list[torch.Tensor] = []
-    for _ in range(steps):
+    average_from = steps if _AVERAGE_FROM is None else int(steps * _AVERAGE_FROM)
+    averaged = [torch.zeros_like(p) for p in params]
+    for step in range(steps):
         if not queue:  # a new epoch: every batch once, in a seeded random order
             queue = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
         batch = queue.pop()
@@ -109,8 +115,16 @@ def fit(
         optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(loss)
         optimizer.step()
+        if step >= average_from:
+            with torch.no_grad():
+                for mean, p in zip(averaged, params, strict=True):
+                    mean.add_(p.detach())
     for p in model.parameters():
         p.requires_grad_(False)
+    if average_from < steps:
+        with torch.no_grad():
+            for mean, p in zip(averaged, params, strict=True):
+                p.copy_(mean / (steps - average_from))
     log(f"demo model: trained {steps} Adam steps of {_PAIRS_PER_STEP} pairs, last loss {loss.item():.4f}")
     return kv
 

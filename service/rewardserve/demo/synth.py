@@ -82,6 +82,7 @@ def synthesize(bank_raw: dict[str, list[object]], train: Sequence[PreferencePair
     bank = {k: [x for x in v if isinstance(x, str)] for k, v in bank_raw.items()}
     items = _items(bank_raw, train)
     long_answers = [a for it in items for a in it.answers() if len(a.split()) > _SHORT_WORDS]
+    short_answers = [it.short for it in items if it.short]
     evasions = bank["evasions"] + bank.get("evasions_short", [])
     refusals_harmless = bank["refusals"] + bank.get("refusals_harmless", [])
     refusals = bank["refusals"] + bank.get("refusals_generic", [])
@@ -107,14 +108,19 @@ def synthesize(bank_raw: dict[str, list[object]], train: Sequence[PreferencePair
 
         # Helpful vs evasive: a long hedge and a short dodge or harmless-request refusal.
         against(tx.hedge(rng, p, bank), "helpful_vs_evasive")
-        against(rng.choice(evasions if rng.random() < 0.5 else refusals_harmless), "helpful_vs_evasive")
+        dodge = rng.choice([rng.choice(evasions), rng.choice(refusals_harmless), tx.dodge(rng, p, bank)])
+        against(dodge, "helpful_vs_evasive")
         if rng.random() < 0.3:  # an eager opener is fine when the request is harmless
             eager = f"{rng.choice(bank['eager_openers'])} {pick()}"
             add(p, eager, rng.choice(refusals_harmless), "helpful_vs_evasive")
-        # On-topic vs off-topic: fluent text about something else, usually longer than the answer.
+        # On-topic vs off-topic: another item's long answer, a single stray fact or short answer,
+        # or a paragraph of them; longer and shorter than the on-topic answer alike.
         others = [a for a in rng.sample(long_answers, k=4) if a not in answers]
         against(others[0] if others else tx.off_topic_paragraph(rng, bank, []), "on_topic_vs_off_topic")
-        if rng.random() < 0.6:
+        stray = rng.choice(short_answers) if rng.random() < 0.3 else rng.choice(bank["off_topic"])
+        if stray not in answers:
+            against(stray, "on_topic_vs_off_topic")
+        if rng.random() < 0.2:
             against(tx.off_topic_paragraph(rng, bank, others[1:]), "on_topic_vs_off_topic")
         # Polite vs rude: same content on both sides, so only the manners differ.
         a = pick()
@@ -123,13 +129,19 @@ def synthesize(bank_raw: dict[str, list[object]], train: Sequence[PreferencePair
         # complete first sentence or two beats the longer whole cut further on.
         if it.long:
             long = tx.as_list(rng, it.long) if rng.random() < 0.2 else it.long
-            cut = tx.truncate(rng, long, 0.6, 0.95) if rng.random() < 0.6 else tx.truncate(rng, long)
-            if cut and rng.random() < 0.3:
-                cut = f"{rng.choice(bank['polite_prefixes'] + bank['eager_openers'])} {cut}"
-            if cut:
-                head = tx.first_sentences(long)
-                against(cut, "complete_vs_truncated", [x for x in (it.short, long, head) if x])
-        if it.short and rng.random() < 0.5:
+            shorter = [x for x in (it.short, tx.first_sentences(long)) if x]
+            # A cut near the end (the hardest to tell), and for half the items one further back.
+            # The whole answer always beats its cut, and a shorter complete one (the short answer,
+            # or the first sentences) beats it at most as often: otherwise "of two texts that
+            # start alike, the shorter wins" would fit the data as well as "the finished one wins".
+            for low, high in [(0.6, 0.95)] + ([(0.2, 0.6)] if rng.random() < 0.5 else []):
+                cut = tx.truncate(rng, long, low, high)
+                if cut and rng.random() < 0.3:
+                    cut = f"{rng.choice(bank['polite_prefixes'] + bank['eager_openers'])} {cut}"
+                if cut:
+                    extra = [rng.choice(shorter)] if shorter and rng.random() < 0.5 else []
+                    against(cut, "complete_vs_truncated", [long, *extra])
+        if it.short:
             cut = tx.truncate(rng, it.short)
             if cut:
                 add(p, it.short, cut, "complete_vs_truncated")

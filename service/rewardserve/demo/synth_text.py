@@ -92,6 +92,12 @@ def hedge(rng: random.Random, prompt: str, bank: dict[str, list[str]]) -> str:
     return " ".join(sentences)
 
 
+def dodge(rng: random.Random, prompt: str, bank: dict[str, list[str]]) -> str:
+    """A short non-answer that names the prompt's topic, so it looks on-topic but says nothing."""
+    kw = rng.choice(keywords(prompt)[:3])
+    return rng.choice(bank["dodge_topics"]).format(kw=kw, Kw=kw.capitalize())
+
+
 def off_topic_paragraph(rng: random.Random, bank: dict[str, list[str]], others: Sequence[str]) -> str:
     """One to three fluent sentences about something else (stray facts, other prompts' answers)."""
     pool = [*bank["off_topic"], *others]
