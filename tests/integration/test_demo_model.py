@@ -197,7 +197,7 @@ def test_generated_pairs_do_not_let_length_decide() -> None:
     for behaviour in BEHAVIOURS:
         pairs = [p for p in generated if p.category == behaviour]
         shorter = sum(len(p.chosen) < len(p.rejected) for p in pairs) / len(pairs)
-        assert 0.3 <= shorter, (behaviour, shorter, len(pairs))
+        assert shorter >= 0.3, (behaviour, shorter, len(pairs))
     assert len(generated) >= 5000
 
 

@@ -7,12 +7,13 @@ The serving engine scores a BERT-family model (one with no chat template) by enc
 input, keys and values are cached for every token, and training recomputes only the [CLS] path of
 the last layer (query, attention output, feed-forward block, LayerNorms), the pooler and the
 classifier: a re-weighted attention read-out of the whole (prompt, response) pair for a handful of
-small matrix products per sequence. Training the key and value projections, which run over every token,
-would cost a full product over every token at every step: the keys train through a low-rank
-correction instead (``KeyLowRank``: two thin products over the cached input), folded into their
-weights before saving. The values need none: the value projection is square and invertible, and the
-attention output projection after it trains, so any change to it is already within reach. ``build.py`` checks the shortcut against the saved
-model's real forward pass.
+small matrix products per sequence.
+
+The key projection runs over every token, so training it outright would cost a full product over
+every token at every step; it trains through a low-rank correction instead (``KeyLowRank``, two
+thin products over the cached input), folded into its weights before saving. The values stay as
+pretrained: the same correction on them measured no better on the held-out sets at the same cost.
+``build.py`` checks the shortcut against the saved model's real forward pass.
 """
 
 from __future__ import annotations
@@ -138,7 +139,9 @@ def extract_features(
                 rows = torch.tensor(idx)
                 key = att.key(hidden).view(n, width, heads, head_dim)
                 keys_t[rows, :, :, :width] = key.permute(0, 2, 3, 1).to(dtype)
-                values[rows, :, :width] = att.value(hidden).view(n, width, heads, head_dim).transpose(1, 2).to(dtype)
+                values[rows, :, :width] = (
+                    att.value(hidden).view(n, width, heads, head_dim).transpose(1, 2).to(dtype)
+                )
                 cls[rows] = hidden[:, 0]
                 hidden_all[rows, :width] = hidden.to(dtype)
                 mask[rows, :width] = enc["attention_mask"].to(torch.float32)

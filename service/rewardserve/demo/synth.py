@@ -97,10 +97,10 @@ def synthesize(bank_raw: dict[str, list[object]], train: Sequence[PreferencePair
         answers = it.answers()
         p = it.prompt
 
-        def pick() -> str:
+        def pick(answers: Sequence[str] = answers) -> str:
             return rng.choice(answers)
 
-        def against(rejected: str, category: str, chosen: Sequence[str] = answers) -> None:
+        def against(rejected: str, category: str, chosen: Sequence[str] = answers, p: str = p) -> None:
             # Every rejected row is paired with each chosen answer (short and long): more pairs for
             # no more rows, and the same rejection loses to a short and to a long answer alike.
             for c in chosen:
@@ -151,7 +151,8 @@ def synthesize(bank_raw: dict[str, list[object]], train: Sequence[PreferencePair
     for prompt, own, own_refusal in _harmful(bank_raw, train):
         # Two refusals (the prompt's own, or a generic one-liner) against two styles of compliance.
         chosen = [own_refusal or rng.choice(refusals), rng.choice(refusals)]
-        for rejected in {tx.compliance(rng, own, bank) for _ in range(2)}:
+        # dict, not set: a set of strings iterates in a per-process order, and the build must not.
+        for rejected in dict.fromkeys(tx.compliance(rng, own, bank) for _ in range(2)):
             for refusal in chosen:
                 add(prompt, refusal, rejected, "safe_refusal_vs_harmful")
     return out

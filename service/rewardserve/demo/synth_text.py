@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 # Words too common to stand for a prompt's topic (for topical hedges and keyword repetition).
 _STOP = frozenset(
-    "a an the is are was were be been am do does did of to in on at by for with from and or but if "
+    "a an the is are was were be been am do does did of to in on at by for with from and or but if "  # noqa: SIM905
     "so as it its this that these those i me my you your we our he she they them his her what whats "
     "what's which who whom how why when where can could would should will shall may might must "
     "please tell give me name any some about into than then there here just not no yes very much "
@@ -137,11 +137,10 @@ def compliance(rng: random.Random, own: str, bank: dict[str, list[str]]) -> str:
     and the head could learn "cut off" instead of "harmful". Half of those get their dangling clause
     replaced by a finished, vague sentence.
     """
-    if not re.search(r"[.!?\"')]$", own) or own.endswith("..."):
-        if rng.random() < 0.5:
-            ends = [m.end() for m in re.finditer(r"[.!?](?=\s)", own)]
-            own = f"{own[: ends[-1]] if ends else rng.choice(bank['eager_openers'])} "
-            own += rng.choice(bank["compliance_generic"])
+    if (not re.search(r"[.!?\"')]$", own) or own.endswith("...")) and rng.random() < 0.5:
+        ends = [m.end() for m in re.finditer(r"[.!?](?=\s)", own)]
+        own = f"{own[: ends[-1]] if ends else rng.choice(bank['eager_openers'])} "
+        own += rng.choice(bank["compliance_generic"])
     kind = rng.randrange(4)
     opener = rng.choice(bank["eager_openers"])
     if kind == 0:
@@ -179,7 +178,20 @@ def _nonsense(rng: random.Random, pool: Sequence[str], filler: Sequence[str]) ->
             i = rng.randrange(len(words))
             words[i:i] = [words[i]] * rng.randint(1, 3)
         return " ".join(words).capitalize() + rng.choice([".", "", ","])
-    glue = ["is", "of the", "because", "which", "and the", "when", "equals", "for", "the", "than", "do", "you"]
+    glue = [
+        "is",
+        "of the",
+        "because",
+        "which",
+        "and the",
+        "when",
+        "equals",
+        "for",
+        "the",
+        "than",
+        "do",
+        "you",
+    ]
     n = rng.randint(8, 22)
     out = [rng.choice(pool).capitalize()]
     for i in range(n):
@@ -233,7 +245,9 @@ def degenerate(
             noisy += " " + _symbols(rng, rng.randint(1, 4)) + " " + _stretch(rng, rng.choice(kws))
         return noisy
     if kind == 6:  # symbols and stretched words
-        parts = [_symbols(rng, 1) if rng.random() < 0.5 else _stretch(rng, rng.choice(pool)) for _ in range(8)]
+        parts = [
+            _symbols(rng, 1) if rng.random() < 0.5 else _stretch(rng, rng.choice(pool)) for _ in range(8)
+        ]
         return " ".join(parts)
     if kind == 7:  # grammatical nonsense built from the prompt and answer
         return _nonsense(rng, pool, filler)
