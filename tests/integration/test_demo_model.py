@@ -1,6 +1,6 @@
 """The built-in demo reward model: builds offline, beats the accuracy floor, caches, and scores sensibly.
 
-The build runs once per module (~1 min on a 2-core CPU). The held-out checks deliberately do not reuse
+The build runs once per module (~1.5-2 min on a 2-core CPU). The held-out checks deliberately do not reuse
 the builder's evaluation code: they read the JSONL files themselves and score one sequence per forward
 with a plain ``BertForSequenceClassification`` (no padding, as the CPU serving path runs), so a bug
 shared by the builder's training and evaluation paths cannot hide. ``heldout_independent.jsonl`` was
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from importlib.resources import files
@@ -187,6 +189,28 @@ def test_held_out_sets_are_not_in_the_training_data() -> None:
     assert 0 < dropped < len(train) // 20, dropped  # a handful of coincidences, not a leak
 
 
+def test_generated_pairs_are_reproducible_across_processes() -> None:
+    # The build is cached by its inputs' bytes, so the same inputs must give the same pairs in every
+    # process (a set of strings, say, iterates in a per-process hash order).
+    code = (
+        "import hashlib; from rewardserve.demo.data import load_bank, load_pairs; "
+        "from rewardserve.demo.synth import synthesize; "
+        "pairs = synthesize(load_bank(), [p for p in load_pairs() if p.split == 'train']); "
+        "print(hashlib.sha256(repr(pairs).encode()).hexdigest())"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2")
+    }
+    assert len(digests) == 1, digests
+
+
 def test_generated_pairs_do_not_let_length_decide() -> None:
     # The first generated set's rejected responses were mostly short, so the head learned "longer
     # wins". In every behaviour the chosen response must be the shorter one in a good share of pairs.
@@ -197,7 +221,10 @@ def test_generated_pairs_do_not_let_length_decide() -> None:
     for behaviour in BEHAVIOURS:
         pairs = [p for p in generated if p.category == behaviour]
         shorter = sum(len(p.chosen) < len(p.rejected) for p in pairs) / len(pairs)
-        assert shorter >= 0.3, (behaviour, shorter, len(pairs))
+        # A whole answer is longer than its own cut, so there only a short complete answer against
+        # a longer cut one makes the chosen side shorter.
+        floor = 0.1 if behaviour == "complete_vs_truncated" else 0.3
+        assert shorter >= floor, (behaviour, shorter, len(pairs))
     assert len(generated) >= 5000
 
 

@@ -1,17 +1,19 @@
-"""Build the built-in demo reward model, offline, in about a minute on a 2-core CPU.
+"""Build the built-in demo reward model, offline, in under two minutes on a 2-core CPU.
 
 The demo model is what ``rewardserve serve`` loads when no ``--model`` is given: a real
 ``BertForSequenceClassification`` (all-MiniLM-L6-v2 encoder, one "reward" logit), trained with the
-Bradley-Terry pairwise loss on the hand-written train pairs of ``pairs.jsonl`` plus the pairs
-``synth.py`` generates from ``synth_bank.json`` (see ``data.py`` for the files).
+Bradley-Terry pairwise loss on the hand-written train pairs of ``pairs.jsonl`` plus the ~7k pairs
+``synth.py`` generates from the bank files (see ``data.py`` for the files), less any pair that shares
+a text with a held-out set.
 
 How it trains, and why it is fast, is in ``features.py`` (cache the frozen encoder's last-layer
-inputs, train that layer's [CLS] path, the pooler and the head) and ``fit.py``. Everything the build
-writes is an ordinary transformers checkpoint; the accuracies it reports are measured by reloading
-that checkpoint and running its normal forward pass, not the training shortcut, on two held-out sets:
-``pairs.jsonl``'s test split (same authors and styles as the training pairs) and
-``heldout_independent.jsonl`` (written separately, in other styles, frozen before the recipe was
-tuned, never trained on), overall and per behaviour.
+inputs, train that layer's [CLS] path, a low-rank correction to its keys, the pooler and the head)
+and ``fit.py``. Everything the build writes is an ordinary transformers checkpoint; the accuracies
+it reports are measured by reloading that checkpoint and running its normal forward pass, not the
+training shortcut, on three held-out sets, overall and per behaviour: ``pairs.jsonl``'s test split
+(same authors and styles as the training pairs), ``heldout_independent.jsonl`` (written
+separately, in other styles) and ``heldout_dev.jsonl`` (written by someone who had seen none of
+our data; the dev set of the v3 recipe). None is trained on.
 
 This module reads no environment variables: the caller passes paths in.
 """

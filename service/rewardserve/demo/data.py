@@ -9,11 +9,12 @@ These files ship next to this module:
   evasions, one-line refusals, rude and polite wrappers, off-topic sentences, harmful prompts with
   casual compliance, nonsense and filler for degenerate text). The last two were written by two
   people who had not seen the held-out sets; their keys are merged list by list (``load_bank``).
-- ``heldout_independent.jsonl``: pairs written separately, in styles the training data does not use,
-  each tagged with its behaviour; frozen before the recipe was tuned and never trained on.
+- ``heldout_independent.jsonl``: pairs written separately, in styles the training data then did not
+  use, each tagged with its behaviour; frozen before the v2 recipe was tuned and never trained on
+  (the v3 recipe's changes were kept only when they also held up here).
 - ``heldout_dev.jsonl``: 120 pairs written by someone who had never seen any of the other files. It
-  was the DEV set while the v3 recipe and banks were tuned (its misses showed which kinds of pair
-  failed), so its accuracy is optimistic; no text of it is trained on.
+  was the DEV set while the v3 recipe and generators were tuned (its misses showed which kinds of
+  pair failed, never their text), so its accuracy is optimistic; no text of it is trained on.
 
 The build only reports accuracy on the held-out sets, and drops any generated or written training
 pair that shares a prompt or a response with one of them (``shares_heldout_text``).
