@@ -72,8 +72,8 @@ def fit(
 ) -> KeyLowRank | None:
     """Minimise -log sigmoid(r[chosen] - r[rejected]) over the pairs (row indices into ``feats``).
 
-    Returns the trained key/value correction, not yet merged: ``feats`` still holds the pretrained
-    keys and values, so rewards from them need it (``cls_path_reward(..., kv)``) until
+    Returns the trained key correction, not yet merged: ``feats`` still holds the pretrained
+    keys, so rewards from them need it (``cls_path_reward(..., kv)``) until
     ``kv.merge_into(model)``.
 
     Each step takes one seeded minibatch of pairs and recomputes only the rows they use: a full batch
