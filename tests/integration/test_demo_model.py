@@ -1,6 +1,6 @@
 """The built-in demo reward model: builds offline, beats the accuracy floor, caches, and scores sensibly.
 
-The build runs once per module (~1 min on a 2-core CPU). The held-out checks deliberately do not reuse
+The build runs once per module (~1.5-2 min on a 2-core CPU). The held-out checks deliberately do not reuse
 the builder's evaluation code: they read the JSONL files themselves and score one sequence per forward
 with a plain ``BertForSequenceClassification`` (no padding, as the CPU serving path runs), so a bug
 shared by the builder's training and evaluation paths cannot hide. ``heldout_independent.jsonl`` was
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from importlib.resources import files
@@ -27,6 +29,7 @@ from rewardserve.demo.build import MARKER_NAME, DemoReport, cache_key, demo_mode
 
 PAIRS_FILE = Path(str(files("rewardserve.demo").joinpath("pairs.jsonl")))
 INDEPENDENT_FILE = Path(str(files("rewardserve.demo").joinpath("heldout_independent.jsonl")))
+DEV_FILE = Path(str(files("rewardserve.demo").joinpath("heldout_dev.jsonl")))
 BEHAVIOURS = {
     "helpful_vs_evasive",
     "on_topic_vs_off_topic",
@@ -87,6 +90,7 @@ def test_build_meets_accuracy_floor(built: tuple[Path, DemoReport, list[str]]) -
     assert any("held-out pairwise accuracy" in line for line in logs), logs
     assert report.independent_pairs >= 120 and report.independent_accuracy >= 0.85, report
     assert any("independent accuracy by behaviour" in line for line in logs), logs
+    assert any("dev-set pairwise accuracy" in line for line in logs), logs
 
 
 @pytest.mark.slow
@@ -150,20 +154,96 @@ def test_independent_held_out_set_meets_thresholds(scorer: Any) -> None:
     assert min(per_behaviour.values()) >= 0.75, (per_behaviour, misses)
 
 
-@pytest.mark.slow
-def test_independent_set_is_not_in_the_training_data() -> None:
-    # The independent set must stay independent: no prompt or response of it may appear in the
-    # hand-written pairs or in the bank the generated pairs come from.
-    from rewardserve.demo.data import BANK_PATH
+def _texts(path: Path) -> set[str]:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return {r[k] for r in rows for k in ("prompt", "chosen", "rejected")}
 
-    held = [json.loads(line) for line in INDEPENDENT_FILE.read_text(encoding="utf-8").splitlines() if line]
-    held_texts = {r[k] for r in held for k in ("prompt", "chosen", "rejected")}
+
+def test_held_out_sets_are_not_in_the_training_data() -> None:
+    # The held-out sets must stay held out: no prompt or response of them may appear (case and
+    # punctuation aside) in a bank file the generated pairs come from, nor in the pairs actually
+    # trained on. pairs.jsonl's train split predates heldout_dev.jsonl and shares a few everyday
+    # prompts with it by coincidence; the build drops those pairs, which the last check covers.
+    from rewardserve.demo.data import BANK_PATHS, load_bank, load_heldout, load_pairs, normalize_text
+    from rewardserve.demo.synth import training_pairs
+
+    held = {normalize_text(t) for path in (INDEPENDENT_FILE, DEV_FILE) for t in _texts(path)}
+    for path in BANK_PATHS:
+        bank_texts: set[str] = set()
+        for value in json.loads(path.read_text(encoding="utf-8")).values():
+            for entry in value:
+                bank_texts.update(x for x in (entry if isinstance(entry, list) else [entry]) if x)
+        assert not {normalize_text(t) for t in bank_texts} & held, path.name
     written = [json.loads(line) for line in PAIRS_FILE.read_text(encoding="utf-8").splitlines() if line]
-    train_texts = {r[k] for r in written for k in ("prompt", "chosen", "rejected")}
-    for value in json.loads(BANK_PATH.read_text(encoding="utf-8")).values():
-        for entry in value:
-            train_texts.update(entry if isinstance(entry, list) else [entry])
-    assert not held_texts & train_texts
+    written_texts = {r[k] for r in written if r["split"] == "train" for k in ("prompt", "chosen", "rejected")}
+    assert not written_texts & _texts(INDEPENDENT_FILE)
+
+    pairs = load_pairs()
+    test = [p for p in pairs if p.split == "test"]
+    train, dropped = training_pairs(
+        [p for p in pairs if p.split == "train"], load_bank(), [test, load_heldout(), load_heldout(DEV_FILE)]
+    )
+    trained = {normalize_text(t) for p in train for t in (p.prompt, p.chosen, p.rejected)}
+    assert not trained & held
+    assert not trained & {normalize_text(t) for p in test for t in (p.prompt, p.chosen, p.rejected)}
+    assert 0 < dropped < len(train) // 20, dropped  # a handful of coincidences, not a leak
+
+
+def test_generated_pairs_are_reproducible_across_processes() -> None:
+    # The build is cached by its inputs' bytes, so the same inputs must give the same pairs in every
+    # process (a set of strings, say, iterates in a per-process hash order).
+    code = (
+        "import hashlib; from rewardserve.demo.data import load_bank, load_pairs; "
+        "from rewardserve.demo.synth import synthesize; "
+        "pairs = synthesize(load_bank(), [p for p in load_pairs() if p.split == 'train']); "
+        "print(hashlib.sha256(repr(pairs).encode()).hexdigest())"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2")
+    }
+    assert len(digests) == 1, digests
+
+
+def test_generated_pairs_do_not_let_length_decide() -> None:
+    # The first generated set's rejected responses were mostly short, so the head learned "longer
+    # wins". In every behaviour the chosen response must be the shorter one in a good share of pairs.
+    from rewardserve.demo.data import load_bank, load_pairs
+    from rewardserve.demo.synth import synthesize
+
+    generated = synthesize(load_bank(), [p for p in load_pairs() if p.split == "train"])
+    for behaviour in BEHAVIOURS:
+        pairs = [p for p in generated if p.category == behaviour]
+        shorter = sum(len(p.chosen) < len(p.rejected) for p in pairs) / len(pairs)
+        # A whole answer is longer than its own cut, so there only a short complete answer against
+        # a longer cut one makes the chosen side shorter.
+        floor = 0.1 if behaviour == "complete_vs_truncated" else 0.3
+        assert shorter >= floor, (behaviour, shorter, len(pairs))
+    assert len(generated) >= 5000
+
+
+def test_key_correction_folds_into_a_plain_checkpoint(offline: None) -> None:
+    # Training's low-rank key correction, applied on the fly to cached features, must give the same
+    # rewards as the model whose key weights it was merged into, run from scratch.
+    from rewardserve.demo.build import _load_base
+    from rewardserve.demo.features import KeyLowRank, cls_path_reward, extract_features, score_pairs
+
+    model, tokenizer, _ = _load_base()
+    prompts = ["What is 2+2?", "Name a colour."] * 2
+    responses = ["4.", "Figure it out yourself.", "Blue, like a clear sky.", "zz zz"]
+    kv = KeyLowRank(int(model.config.hidden_size), 8, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        kv.b.normal_(0.0, 0.2)
+        before = cls_path_reward(model, extract_features(model, tokenizer, prompts, responses), kv)
+        kv.merge_into(model)
+    after = score_pairs(model, tokenizer, prompts, responses)
+    assert torch.allclose(before, after, atol=1e-4), (before, after)
 
 
 @pytest.mark.slow

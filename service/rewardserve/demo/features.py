@@ -4,10 +4,16 @@ The serving engine scores a BERT-family model (one with no chat template) by enc
 ``tokenizer(prompt, response)`` as a pair, ``[CLS] prompt [SEP] response [SEP]``, and reading
 ``logits[:, 0]``. That logit depends on the encoder's last layer only through the [CLS] position
 (``pooler -> classifier`` reads nothing else). So the frozen first layers run once, the last layer's
-keys and values are cached for every token, and training recomputes only the [CLS] path of the last
-layer (query, attention output, feed-forward block, LayerNorms), the pooler and the classifier: a
-re-weighted attention read-out of the whole (prompt, response) pair for a handful of small matrix
-products per sequence. ``build.py`` checks the shortcut against the saved model's real forward pass.
+input, keys and values are cached for every token, and training recomputes only the [CLS] path of
+the last layer (query, attention output, feed-forward block, LayerNorms), the pooler and the
+classifier: a re-weighted attention read-out of the whole (prompt, response) pair for a handful of
+small matrix products per sequence.
+
+The key projection runs over every token, so training it outright would cost a full product over
+every token at every step; it trains through a low-rank correction instead (``KeyLowRank``, two
+thin products over the cached input), folded into its weights before saving. The values stay as
+pretrained: the same correction on them measured no better on the held-out sets at the same cost.
+``build.py`` checks the shortcut against the saved model's real forward pass.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ class Features:
     keys_t: torch.Tensor  # (N, heads, head_dim, L): last layer's keys, pre-transposed for q @ k^T
     values: torch.Tensor  # (N, heads, L, head_dim)
     mask_bias: torch.Tensor  # (N, 1, 1, L): 0 for real tokens, dtype-min for padding
+    hidden: torch.Tensor  # (N, L, H): every token's hidden state entering the last layer
 
     def rows(self, index: torch.Tensor, length: int | None = None) -> Features:
         """The given rows, with padding cut to ``length`` tokens (rows must be no longer)."""
@@ -55,6 +62,7 @@ class Features:
             self.keys_t[index, :, :, :end],
             self.values[index, :, :end],
             self.mask_bias[index, :, :, :end],
+            self.hidden[index, :end],
         )
 
     def lengths(self) -> torch.Tensor:
@@ -62,14 +70,41 @@ class Features:
         return (self.mask_bias == 0).sum(dim=-1).view(-1)
 
 
+class KeyLowRank(torch.nn.Module):
+    """A trainable rank-``rank`` correction to the last layer's key projection: ``key(h) + h @ a @ b``.
+
+    Lets each attention head of the [CLS] query pick tokens by features its pretrained keys do not
+    expose (e.g. that a response stops mid-sentence), for two thin products over the cached inputs
+    instead of a 384 x 384 product over every token at every step. ``b`` starts at zero, so training
+    starts from the pretrained layer; ``merge_into`` folds the correction into the key weights,
+    leaving a plain checkpoint.
+    """
+
+    def __init__(self, hidden: int, rank: int, generator: torch.Generator) -> None:
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.randn(hidden, rank, generator=generator) * hidden**-0.5)
+        self.b = torch.nn.Parameter(torch.zeros(rank, hidden))
+
+    def merge_into(self, model: Any) -> None:
+        key = model.bert.encoder.layer[-1].attention.self.key
+        with torch.no_grad():
+            key.weight.add_((self.a @ self.b).T)  # nn.Linear computes h @ W^T
+
+
 def extract_features(
-    model: Any, tokenizer: Any, prompts: Sequence[str], responses: Sequence[str]
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    dtype: torch.dtype = torch.float32,
 ) -> Features:
     """Run the frozen encoder once and cache what the last layer's [CLS] path reads.
 
     Rows are encoded in length order, so each forward pads only to its own longest row, then padded
-    to the set's longest (the cached keys and values must stack into one tensor) and put back in the
-    caller's order.
+    to the set's longest (the cached tensors must stack into one) and put back in the caller's
+    order. ``dtype`` is the storage type of the per-token tensors: float16 halves the memory of a
+    training set (rounding far below what training can tell apart); the check against the real
+    forward pass uses float32.
     """
     config = model.config
     heads = int(config.num_attention_heads)
@@ -85,8 +120,9 @@ def extract_features(
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
     n_all = len(order)
     cls = torch.empty(n_all, int(config.hidden_size))
-    keys_t = torch.zeros(n_all, heads, head_dim, length)
-    values = torch.zeros(n_all, heads, length, head_dim)
+    keys_t = torch.zeros(n_all, heads, head_dim, length, dtype=dtype)
+    values = torch.zeros(n_all, heads, length, head_dim, dtype=dtype)
+    hidden_all = torch.zeros(n_all, length, int(config.hidden_size), dtype=dtype)
     mask = torch.zeros(n_all, length)
     layers = model.bert.encoder.layer
     # Only the last layer's input is needed: run the encoder without its last layer (a sixth of the
@@ -102,21 +138,24 @@ def extract_features(
                 att = last.attention.self
                 rows = torch.tensor(idx)
                 key = att.key(hidden).view(n, width, heads, head_dim)
-                keys_t[rows, :, :, :width] = key.permute(0, 2, 3, 1)
-                values[rows, :, :width] = att.value(hidden).view(n, width, heads, head_dim).transpose(1, 2)
+                keys_t[rows, :, :, :width] = key.permute(0, 2, 3, 1).to(dtype)
+                values[rows, :, :width] = (
+                    att.value(hidden).view(n, width, heads, head_dim).transpose(1, 2).to(dtype)
+                )
                 cls[rows] = hidden[:, 0]
+                hidden_all[rows, :width] = hidden.to(dtype)
                 mask[rows, :width] = enc["attention_mask"].to(torch.float32)
     finally:
         model.bert.encoder.layer = layers
     mask_bias = (1.0 - mask)[:, None, None, :] * torch.finfo(torch.float32).min
-    return Features(cls_hidden=cls, keys_t=keys_t, values=values, mask_bias=mask_bias)
+    return Features(cls_hidden=cls, keys_t=keys_t, values=values, mask_bias=mask_bias, hidden=hidden_all)
 
 
-def cls_path_reward(model: Any, feats: Features) -> torch.Tensor:
+def cls_path_reward(model: Any, feats: Features, kv: KeyLowRank | None = None) -> torch.Tensor:
     """The model's reward for each cached row, computed through the last layer for [CLS] only.
 
     Mirrors BertLayer -> BertPooler -> classifier for the first position using the modules' own
-    weights (eval mode, so dropout is off).
+    weights (eval mode, so dropout is off), plus ``kv``'s not yet merged key correction if given.
     """
     config = model.config
     heads = int(config.num_attention_heads)
@@ -125,8 +164,13 @@ def cls_path_reward(model: Any, feats: Features) -> torch.Tensor:
     h = feats.cls_hidden
     n = h.shape[0]
     query = last.attention.self.query(h).view(n, heads, 1, head_dim)
-    scores = (query @ feats.keys_t) * (head_dim**-0.5) + feats.mask_bias
-    context = (scores.softmax(dim=-1) @ feats.values).reshape(n, heads * head_dim)
+    scores = (query @ feats.keys_t.float()) * (head_dim**-0.5) + feats.mask_bias
+    if kv is not None:
+        # Never forms the corrected keys: with u = tokens @ a, a head's score gains u . (b_head @ q).
+        u = feats.hidden.float() @ kv.a  # (n, L, rank)
+        q_b = torch.einsum("rhd,nhd->nrh", kv.b.view(-1, heads, head_dim), query[:, :, 0])
+        scores = scores + (u @ q_b).transpose(1, 2).unsqueeze(2) * (head_dim**-0.5)
+    context = (scores.softmax(dim=-1) @ feats.values.float()).reshape(n, heads * head_dim)
     attended = last.attention.output(context, h)  # dense + residual + LayerNorm
     layer_out = last.output(last.intermediate(attended), attended)  # FFN + residual + LayerNorm
     pooled = model.bert.pooler.activation(model.bert.pooler.dense(layer_out))
