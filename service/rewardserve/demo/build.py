@@ -47,7 +47,13 @@ from rewardserve.demo.data import (
     load_heldout,
     load_pairs,
 )
-from rewardserve.demo.features import MAX_LENGTH, cls_path_reward, extract_features, score_pairs
+from rewardserve.demo.features import (
+    MAX_LENGTH,
+    cls_path_reward,
+    cpu_has_fast_bf16,
+    extract_features,
+    score_pairs,
+)
 from rewardserve.demo.fit import fit, pairwise_accuracy, single_threaded
 from rewardserve.demo.synth import training_pairs
 from rewardserve.errors import DemoBuildError
@@ -66,7 +72,7 @@ __all__ = [
 
 
 #: Bump when the training recipe changes so every cached demo model is rebuilt (part of the cache key).
-BUILD_VERSION = "3"
+BUILD_VERSION = "4"
 #: Written last into a finished build: its presence is what marks a cache directory as complete.
 MARKER_NAME = "rewardserve_demo.json"
 #: Cache directories are ``<cache_dir>/demo-reward-model-<key>``.
@@ -239,7 +245,9 @@ def _build(target: Path, log: Callable[[str], None]) -> DemoReport:
 
     rows = _Rows()
     chosen, rejected = rows.pairs(train)
-    feats = extract_features(model, tokenizer, *rows.columns(), dtype=torch.float16)
+    # Training inputs only: the accuracies below come from the saved checkpoint's fp32 forward pass.
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_has_fast_bf16()):
+        feats = extract_features(model, tokenizer, *rows.columns(), dtype=torch.float16)
     log(
         f"demo model: cached frozen encoder features for {len(rows.index)} rows "
         f"in {time.perf_counter() - started:.1f}s"
