@@ -5,11 +5,17 @@ The 10k-row log and each engine's run of it are module fixtures, so every engine
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import os
 import random
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -99,27 +105,74 @@ def server_url(tiny_llama: Path) -> Iterator[str]:
         yield srv.http_url
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     ray = pytest.importorskip("ray")
-    # Seen on fresh CI machines (2 of 3 runs): the GCS process dies before writing its port file,
-    # leaving no log, and ray.init waits out its whole port-file window without checking the
-    # process. A live GCS writes the file in seconds (ray.init takes ~4 s on 2 cores), so each
-    # attempt gets Ray's default 30 s, and a dead GCS costs that rather than the 120 s window it had
-    # (a full run here spent 124 s in this fixture); three attempts, the last failure reported as is.
-    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "30")
-    for attempt in range(3):
-        try:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-            break
-        except RuntimeError:
-            ray.shutdown()
-            if attempt == 2:
-                raise
+    # The head (GCS, raylet, dashboard) starts from its own fresh process, `ray start --head --block`,
+    # and this process only connects as a driver. Started in-process (`ray.init()`), Ray forked its
+    # daemons from the test runner, which by then held gRPC threads from earlier tests: on fresh CI
+    # runs the forked dashboard aborted (return code -6, after "Other threads are currently calling
+    # into gRPC, skipping fork() handlers"), the node never registered, and the fixture failed after
+    # Ray's 30 s wait (3 of 4 fresh runs hit it). `--block` ties the daemons to that one process:
+    # SIGTERM to its process group stops them all (SIGKILL after 5 s: `ray start` itself lingers ~30 s).
+    # A throwaway cluster on loopback: no auth token to hand from the head to this driver.
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    previous = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    port = _free_port()
+    ray_bin = Path(sys.executable).parent / "ray"
+    log = tmp_path_factory.mktemp("ray") / "head.log"
+    with log.open("wb") as out:
+        head = subprocess.Popen(
+            [
+                str(ray_bin),
+                "start",
+                "--head",
+                "--block",
+                f"--port={port}",
+                "--num-cpus=2",
+                "--include-dashboard=false",
+                "--disable-usage-stats",
+                "--node-ip-address=127.0.0.1",
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                ray.init(address=f"127.0.0.1:{port}", log_to_driver=False)
+                break
+            except Exception as exc:
+                ray.shutdown()
+                if head.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"ray head did not come up:\n{log.read_text(errors='replace')[-4000:]}"
+                    ) from exc
+                time.sleep(1.0)
         yield
     finally:
         ray.shutdown()
+        if previous is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = previous
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
 
 
 @pytest.fixture(scope="module")
