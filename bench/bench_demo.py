@@ -1,12 +1,13 @@
 """Pairwise accuracy of the demo reward model on three frozen pair sets nobody tuned on.
 
-``bench/demo_sets/fresh_{a,b,c}.jsonl`` (150 pairs each, 25 per behaviour) were written on
-2026-11-30 by three separate authors who had seen neither the demo's training data nor any other
-test set, after the demo recipe (BUILD_VERSION 3) was fixed. fresh_a was then looked at while two
-recipe variants were tried and dropped (neither beat the shipped recipe); fresh_b and fresh_c were
-only ever scored, never used to choose anything. They stay outside the package, so the build
-neither trains on them nor prints them: they estimate how the demo does on pairs written by someone
-else, which the build's own held-out sets (tuned against) no longer can.
+``bench/demo_sets/fresh_{a,b,c}.jsonl`` (150 pairs each, 25 per behaviour) and ``fresh_d.jsonl``
+(180, 30 per behaviour) were written on 2026-11-30 by four separate authors who had seen neither
+the demo's training data nor any other test set, after the demo recipe (BUILD_VERSION 3) was fixed.
+fresh_a, then fresh_a-c, served to try recipe variants that were all dropped (none beat the shipped
+recipe on them); fresh_d was only ever scored, so it is the one unbiased figure. They stay
+outside the package, so the build neither trains on them nor prints them: they estimate how the
+demo does on pairs written by someone else, which the build's own held-out sets (tuned against) no
+longer can.
 
     python bench/bench_demo.py [MODEL_DIR] [--out demo.json]
 
@@ -93,7 +94,11 @@ def main() -> None:
         / sum(r["counts"].get(b, [0, 0])[1] for r in results)
         for b in behaviours
     }
-    print(f"| all three | {n} | {pooled:.1%} | " + " | ".join(f"{per[b]:.0%}" for b in behaviours) + " | |")
+    print(
+        f"| all {len(results)} sets | {n} | {pooled:.1%} | "
+        + " | ".join(f"{per[b]:.0%}" for b in behaviours)
+        + " | |"
+    )
     if args.out:
         report = {"machine": machine_info(), "model_dir": str(model_dir), "sets": results, "pooled": pooled}
         args.out.write_text(json.dumps(report, indent=2))

@@ -343,16 +343,17 @@ def test_ensure_replaces_unmarked_directory(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_bench_fresh_sets_are_frozen_and_balanced() -> None:
-    """bench/bench_demo.py's three fresh sets (written apart, never trained on or tuned against):
-    150 pairs each, 25 per behaviour the demo claims, every pair a real choice."""
+    """bench/bench_demo.py's fresh sets (written apart, never trained on): the same number of pairs
+    for each behaviour the demo claims (25, or 30 in fresh_d), every pair a real choice."""
     from rewardserve.demo.data import load_heldout
 
     sets = sorted((Path(__file__).resolve().parents[2] / "bench" / "demo_sets").glob("fresh_*.jsonl"))
-    assert [p.name for p in sets] == ["fresh_a.jsonl", "fresh_b.jsonl", "fresh_c.jsonl"]
+    assert [p.name for p in sets] == ["fresh_a.jsonl", "fresh_b.jsonl", "fresh_c.jsonl", "fresh_d.jsonl"]
     for path in sets:
         pairs = load_heldout(path)
         counts: dict[str, int] = {}
         for p in pairs:
             counts[p.category] = counts.get(p.category, 0) + 1
             assert p.prompt and p.chosen and p.rejected and p.chosen != p.rejected
-        assert counts == dict.fromkeys(BEHAVIOURS, 25), (path.name, counts)
+        per = 30 if path.name == "fresh_d.jsonl" else 25
+        assert counts == dict.fromkeys(BEHAVIOURS, per), (path.name, counts)
