@@ -12,7 +12,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from rewardserve._proto.rewardserve.v1 import reward_pb2 as pb
 from rewardserve._proto.rewardserve.v1 import reward_pb2_grpc as pb_grpc
 from rewardserve.metrics import REWARD_BUCKETS
 from rewardserve.testing.dashboard import Query, dashboard_queries, to_promql
+from rewardserve.testing.ports import free_port
 
 BIN = Path(sys.executable).parent / "rewardserve"
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards" / "rewardserve.json"
@@ -85,13 +85,6 @@ def poll(fn: Callable[[], T | None], timeout: float, what: str, alive: Callable[
             return result
         time.sleep(0.2)
     pytest.fail(f"{what}: not within {timeout}s (last error: {last!r})")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import logging
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from rewardserve.config import Settings
 from rewardserve.errors import BulkError
 from rewardserve.scoring.engine import RewardEngine
 from rewardserve.scoring.types import ScoreInput
+from rewardserve.testing.ports import free_port
 from rewardserve.testing.server_thread import ServerThread
 
 # Ray Data's own DataContext warns about its deprecated fields when it is pickled; not ours to fix.
@@ -105,12 +105,6 @@ def server_url(tiny_llama: Path) -> Iterator[str]:
         yield srv.http_url
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     ray = pytest.importorskip("ray")
@@ -125,7 +119,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     previous = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    port = _free_port()
+    port = free_port()
     ray_bin = Path(sys.executable).parent / "ray"
     log = tmp_path_factory.mktemp("ray") / "head.log"
     with log.open("wb") as out:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ from rewardserve.client import (
 )
 from rewardserve.config import Settings
 from rewardserve.testing.gated import gated, gated_loader
+from rewardserve.testing.ports import free_port
 from rewardserve.testing.server_thread import ServerThread
 
 # The same input scored in differently composed batches: the fused CPU forward's oneDNN kernels
@@ -198,17 +198,10 @@ def test_bad_urls_are_refused_with_a_hint() -> None:
             RewardClient(bad)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port  # closed again: connecting to it is refused
-
-
 def test_unreachable_server_is_retried_with_backoff_then_raises() -> None:
     retries: list[RetryEvent] = []
     policy = RetryPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.05)
-    for url in (f"http://127.0.0.1:{_free_port()}", f"grpc://127.0.0.1:{_free_port()}"):
+    for url in (f"http://127.0.0.1:{free_port()}", f"grpc://127.0.0.1:{free_port()}"):
         retries.clear()
         with RewardClient(url, retry=policy, on_retry=retries.append) as rm, pytest.raises(Unavailable):
             rm.score(["x"])
