@@ -42,26 +42,22 @@ def _train_texts() -> set[str]:
 def evaluate(model_dir: Path, path: Path, train_texts: set[str]) -> dict[str, Any]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from rewardserve.demo.features import score_pairs
+    from rewardserve.demo.build import pair_accuracy
 
     pairs: list[PreferencePair] = load_heldout(path)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    prompts = [p.prompt for p in pairs for _ in range(2)]
-    responses = [r for p in pairs for r in (p.chosen, p.rejected)]
-    reward = score_pairs(model, tokenizer, prompts, responses)
-    wins = (reward[0::2] > reward[1::2]).tolist()
+    overall, by_behaviour, _ = pair_accuracy(model, tokenizer, pairs)
     totals = Counter(p.category for p in pairs)
-    right = Counter(p.category for p, won in zip(pairs, wins, strict=True) if won)
     overlap = sum(
         any(normalize_text(t) in train_texts for t in (p.prompt, p.chosen, p.rejected)) for p in pairs
     )
     return {
         "set": path.name,
         "pairs": len(pairs),
-        "accuracy": sum(wins) / len(wins),
-        "by_behaviour": {b: right[b] / totals[b] for b in sorted(totals)},
-        "counts": {b: [right[b], totals[b]] for b in sorted(totals)},
+        "accuracy": overall,
+        "by_behaviour": by_behaviour,
+        "counts": {b: [round(by_behaviour[b] * totals[b]), totals[b]] for b in sorted(totals)},
         "overlap": overlap,
     }
 

@@ -199,10 +199,11 @@ def _load_base() -> tuple[Any, Any, Path]:
     return model, tokenizer, base
 
 
-def _accuracy(
+def pair_accuracy(
     model: Any, tokenizer: Any, pairs: Sequence[PreferencePair]
 ) -> tuple[float, dict[str, float], torch.Tensor]:
-    """Pairwise accuracy (overall, per behaviour) from the model's normal forward pass."""
+    """Pairwise accuracy (overall, per behaviour) from the model's normal forward pass, and the
+    rewards (chosen, rejected interleaved). Also what ``bench/bench_demo.py`` scores its sets with."""
     prompts = [p.prompt for p in pairs for _ in range(2)]
     responses = [r for p in pairs for r in (p.chosen, p.rejected)]
     reward = score_pairs(model, tokenizer, prompts, responses)
@@ -285,9 +286,9 @@ def _build(target: Path, log: Callable[[str], None]) -> DemoReport:
         saved: Any = BertForSequenceClassification.from_pretrained(target)
         saved_tokenizer = AutoTokenizer.from_pretrained(target)
     saved.eval()
-    test_accuracy, by_category, test_reward = _accuracy(saved, saved_tokenizer, test)
-    ind_accuracy, by_behaviour, _ = _accuracy(saved, saved_tokenizer, independent)
-    dev_accuracy, dev_by_behaviour, _ = _accuracy(saved, saved_tokenizer, dev)
+    test_accuracy, by_category, test_reward = pair_accuracy(saved, saved_tokenizer, test)
+    ind_accuracy, by_behaviour, _ = pair_accuracy(saved, saved_tokenizer, independent)
+    dev_accuracy, dev_by_behaviour, _ = pair_accuracy(saved, saved_tokenizer, dev)
     check = test[:16]
     with torch.no_grad():
         check_feats = extract_features(
