@@ -116,9 +116,12 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     # Ray's 30 s wait (3 of 4 fresh runs hit it). `--block` ties the daemons to that one process:
     # SIGTERM to its process group stops them all (SIGKILL after 5 s: `ray start` itself lingers ~30 s).
     # A throwaway cluster on loopback: no auth token to hand from the head to this driver.
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    previous = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "disabled")
+        yield from _ray_head(ray, tmp_path_factory)
+
+
+def _ray_head(ray: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     port = free_port()
     ray_bin = Path(sys.executable).parent / "ray"
     log = tmp_path_factory.mktemp("ray") / "head.log"
@@ -135,7 +138,6 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
                 "--disable-usage-stats",
                 "--node-ip-address=127.0.0.1",
             ],
-            env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -156,10 +158,6 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
-        if previous is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = previous
         with contextlib.suppress(ProcessLookupError):
             os.killpg(head.pid, signal.SIGTERM)
         try:
